@@ -1,0 +1,1 @@
+"""Exposition: the accounting's figures as Prometheus metrics over HTTP."""

@@ -1,0 +1,45 @@
+"""The exporter's HTTP server: `/metrics`, `/healthz`, `/readyz`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from exporter.exposition.collector import TokenwattCollector
+
+_INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
+<p>Joules per token, per model, per server, per GPU.</p>
+<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li>
+<li><a href="/readyz">/readyz</a></li></ul></body></html>
+"""
+
+
+def make_app(collector: TokenwattCollector, ready: Callable[[], str | None]) -> web.Application:
+    """An aiohttp application serving the collector.
+
+    `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(text=_INDEX, content_type="text/html")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        waiting = ready()
+        if waiting is None:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {waiting}\n")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

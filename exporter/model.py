@@ -1,0 +1,67 @@
+"""Value types that cross layers.
+
+Every layer of the pipeline (energy, tokens, placement, accounting, exposition) speaks in these
+frozen dataclasses, so no dict-shaped data travels between them. Units are in the field names:
+`_j` joules, `_w` watts, `_s` seconds; instants are Unix seconds (floats) on the wall clock, the
+time base that DCGM, NVML readers and the token scraper share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    """One physical GPU as an energy source sees it."""
+
+    index: int
+    uuid: str
+    model: str
+    """Product name, e.g. "NVIDIA H100 80GB HBM3"."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One reading of a GPU's energy counter.
+
+    `energy_j` is cumulative energy in joules since an arbitrary origin. It behaves like a
+    Prometheus counter: it may go back (driver reload, host-engine restart), which the accounting
+    treats as a reset. A failed read is never a sample: a source leaves the GPU out instead.
+    """
+
+    gpu: Gpu
+    t: float
+    """Instant of the reading (the source's own timestamp where it has one)."""
+    energy_j: float
+    power_w: float | None
+    """Instantaneous or averaged board power; None where the source has no power reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTokens:
+    """Cumulative token counters of one model on one server, as read from its metrics page.
+
+    `input_tokens` counts every prompt token, prefix-cache hits included. `requests` is the number
+    of finished requests, or None where the server has no such counter. `running` is the number
+    of requests in flight, where the server reports it.
+    """
+
+    model: str | None
+    input_tokens: float
+    output_tokens: float
+    requests: float | None = None
+    running: float | None = None
+    cached_input_tokens: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSample:
+    """One server's counters for one model at one instant.
+
+    `t` is the midpoint between sending the scrape request and receiving the whole response.
+    """
+
+    server: str
+    t: float
+    tokens: ModelTokens

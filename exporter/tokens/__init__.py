@@ -1,0 +1,1 @@
+"""Token sources: inference servers' own metrics pages, read through server profiles."""
