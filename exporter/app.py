@@ -37,6 +37,7 @@ class _TargetState:
         self.server = server
         self.up: bool | None = None
         self.duration_s: float | None = None
+        self.last_success_t: float | None = None
         self.errors: Counter[str] = Counter()
 
 
@@ -78,7 +79,9 @@ class Daemon:
             version=__version__,
             source=SourceHealth(src.name, bool(src.up), src.duration_s, tuple(sorted(src.errors.items()))),
             targets=tuple(
-                TargetHealth(t.server, bool(t.up), t.duration_s, tuple(sorted(t.errors.items())))
+                TargetHealth(
+                    t.server, bool(t.up), t.duration_s, t.last_success_t, tuple(sorted(t.errors.items()))
+                )
                 for t in self._targets.values()
             ),
         )
@@ -179,6 +182,7 @@ class Daemon:
                 if state.up is not True:
                     log.info("target up", server=server.name, url=server.url, kind=scraper.kind)
                 state.up = True
+                state.last_success_t = self._clock()
                 self.accountant.add_tokens(samples)
                 self._settle()
             state.duration_s = time.monotonic() - started

@@ -23,6 +23,8 @@ class TargetHealth:
     server: str
     up: bool
     scrape_duration_s: float | None
+    last_success_t: float | None
+    """Unix time of the latest successful scrape."""
     errors: tuple[tuple[str, int], ...]
     """Failed scrapes so far, by reason."""
 
@@ -156,6 +158,11 @@ class TokenwattCollector(Collector):
         scrape_s = GaugeMetricFamily(
             "tokenwatt_target_scrape_duration_seconds", "Duration of the latest scrape.", labels=["server"]
         )
+        last_scrape = GaugeMetricFamily(
+            "tokenwatt_target_last_success_timestamp_seconds",
+            "Unix time of the latest successful scrape of the server.",
+            labels=["server"],
+        )
         scrape_errors = CounterMetricFamily(
             "tokenwatt_target_scrape_errors", "Failed scrapes, by reason.", labels=["server", "reason"]
         )
@@ -163,6 +170,8 @@ class TokenwattCollector(Collector):
             up.add_metric([t.server], 1.0 if t.up else 0.0)
             if t.scrape_duration_s is not None:
                 scrape_s.add_metric([t.server], t.scrape_duration_s)
+            if t.last_success_t is not None:
+                last_scrape.add_metric([t.server], t.last_success_t)
             for reason, count in t.errors:
                 scrape_errors.add_metric([t.server, reason], count)
         src = health.source
@@ -184,4 +193,4 @@ class TokenwattCollector(Collector):
             "tokenwatt_build_info", "tokenwatt's version; always 1.", labels=["version"]
         )
         build.add_metric([health.version], 1.0)
-        yield from (up, scrape_s, scrape_errors, source_up, read_s, read_errors, build)
+        yield from (up, scrape_s, last_scrape, scrape_errors, source_up, read_s, read_errors, build)
