@@ -97,10 +97,10 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> None:
         """Run until `stop` is set, then shut down: HTTP server, loops, sessions, source."""
-        runner = web.AppRunner(make_app(self.collector, self.not_ready), access_log=None)
+        runner = web.AppRunner(make_app(self.collector, self.not_ready), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port), shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host.strip("[]"), int(port))
         await site.start()
         bound_port = runner.addresses[0][1] if runner.addresses else int(port)
         self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/metrics"

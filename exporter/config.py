@@ -59,8 +59,8 @@ def _listen(value: object) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"the port in {value!r} must be a number from 1 to 65535")
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"the port in {value!r} must be a number from 0 (any free port) to 65535")
     if not host:
         raise ValueError(f"the host in {value!r} is empty; use 0.0.0.0 for every interface")
     return value

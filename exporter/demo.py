@@ -103,9 +103,9 @@ class SimulatedVllmServer:
 
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.url = f"http://{host}:{self._runner.addresses[0][1]}/metrics"
         return self.url

@@ -1,0 +1,69 @@
+"""The command line as a user runs it (subprocesses, exit codes, output)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def tokenwatt(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = tokenwatt("--help")
+    assert result.returncode == 0
+    for command in ("run", "demo", "probe", "check-config"):
+        assert command in result.stdout
+
+
+def test_check_config_valid_and_invalid(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text("servers:\n  - {name: a, url: 'http://127.0.0.1:8000/metrics'}\n")
+    ok = tokenwatt("check-config", str(good))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text("energy: {interval: soon}\nservers:\n  - {name: a, url: nope, kind: vllm}\n")
+    result = tokenwatt("check-config", str(bad))
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert all(line.startswith(f"{bad}: ") for line in lines)
+    assert "energy.interval: 'soon' is not a duration" in result.stdout
+    assert "servers[0].url: 'nope' is not a URL" in result.stdout
+
+
+def test_run_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("windows: []\n")
+    result = tokenwatt("run", "--config", str(bad))
+    assert result.returncode == 2
+    assert "windows must list at least one duration" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_probe_json_on_the_real_vllm_page() -> None:
+    result = tokenwatt("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["server_kind"] == "vllm"
+    [model] = report["models"]
+    assert model["model"] == "tiny"
+    assert (model["input_tokens"], model["output_tokens"], model["requests"]) == (608.0, 612.0, 43.0)
+
+
+def test_probe_table_and_missing_file() -> None:
+    table = tokenwatt("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"))
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0] == "server kind: vllm"
+    assert "tiny" in table.stdout and "608" in table.stdout and "612" in table.stdout
+    missing = tokenwatt("probe", "/nonexistent/metrics.txt")
+    assert missing.returncode == 2
+    assert "/nonexistent/metrics.txt" in missing.stderr
