@@ -97,7 +97,8 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> None:
         """Run until `stop` is set, then shut down: HTTP server, loops, sessions, source."""
-        runner = web.AppRunner(make_app(self.collector, self.not_ready), access_log=None, shutdown_timeout=1.0)
+        app = make_app(self.collector, self.not_ready)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")
         site = web.TCPSite(runner, host.strip("[]"), int(port))
