@@ -62,7 +62,13 @@ def test_every_problem_is_named() -> None:
                 "listen": "nohost",
                 "energy": {"source": "gpu-magic", "intervall": "1s"},
                 "servers": [
-                    {"name": "a b", "url": "ftp://x", "kind": "foo", "interval": "1x", "gpus": [0, "abc", -1]},
+                    {
+                        "name": "a b",
+                        "url": "ftp://x",
+                        "kind": "foo",
+                        "interval": "1x",
+                        "gpus": [0, "abc", -1],
+                    },
                     {"url": "http://x"},
                 ],
                 "windows": ["5q"],

@@ -71,5 +71,5 @@ def test_demo_serves_joules_per_token_and_stops_on_sigint() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert "http://127.0.0.1:%d/metrics" % port in out
+    assert f"http://127.0.0.1:{port}/metrics" in out
     assert "Traceback" not in out

@@ -116,12 +116,12 @@ async def test_joules_per_token_matches_simulator_ground_truth() -> None:
     assert jpt == pytest.approx(truth, rel=0.01)
     error = abs(jpt - truth) / truth
     print(f"J/output token: exported {jpt:.6f}, ground truth {truth:.6f}, error {error:.4%}")
-    assert value(found, "tokenwatt_joules_per_token", token_type="all", window="1m", **model) == pytest.approx(
-        true_energy / (out_tokens + in_tokens), rel=0.01
-    )
-    assert value(found, "tokenwatt_tokens_per_joule", token_type="output", window="1m", **model) == pytest.approx(
-        1 / truth, rel=0.01
-    )
+    assert value(
+        found, "tokenwatt_joules_per_token", token_type="all", window="1m", **model
+    ) == pytest.approx(true_energy / (out_tokens + in_tokens), rel=0.01)
+    assert value(
+        found, "tokenwatt_tokens_per_joule", token_type="output", window="1m", **model
+    ) == pytest.approx(1 / truth, rel=0.01)
     assert value(found, "tokenwatt_target_up", server=SERVER) == 1.0
     assert value(found, "tokenwatt_energy_source_up", source="simulated") == 1.0
     gpu_energy = [v for (name, _), v in found.items() if name == "tokenwatt_gpu_energy_joules_total"]
