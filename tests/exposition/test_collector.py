@@ -51,7 +51,7 @@ def test_snapshot_rendering() -> None:
     )
     found = render(snapshot, health)
     g = (("gpu", "0"), ("gpu_model", "H100"), ("uuid", "GPU-x"))
-    assert found[("tokenwatt_gpu_energy_joules_total", g)] == 1234.5
+    assert found[("tokenwatt_gpu_energy_joules_total", (*g[:2], ("method", "counter"), g[2]))] == 1234.5
     assert ("tokenwatt_gpu_power_watts", g) not in found  # no power reading, no sample
     assert found[("tokenwatt_server_energy_joules_total", (("model", "m"), ("server", "s")))] == 900.0
     jpt = {k[1]: v for k, v in found.items() if k[0] == "tokenwatt_joules_per_token"}

@@ -296,6 +296,8 @@ class VLLMServer:
         """Start the server and wait until ``GET /health`` answers 200; return its URL."""
         if self.is_running():
             raise VLLMServerError(f"server already running (pid {self.pid}) at {self.url}")
+        if not (Path(self.model_dir) / "config.json").is_file():
+            raise VLLMServerError(f"{self.model_dir} is not a model directory (no config.json)")
         if self.port is None or not _port_is_free(self.host, self.port):
             self.port = find_free_port(self.host)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,25 +345,29 @@ class VLLMServer:
             time.sleep(0.5)
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM the server's process group, SIGKILL it after ``timeout``; return the exit status.
+        """Stop the server; return the API server's exit status (None if none was running).
 
-        Safe to call more than once, and when the server never started.
+        SIGTERM goes to the API server, which shuts its engine core down itself; after
+        ``timeout`` seconds the whole process group gets SIGKILL, and so do children
+        still alive shortly after the API server exited. Safe to call more than once,
+        and when the server never started.
         """
         timeout = self.stop_timeout if timeout is None else timeout
         process, self._process = self._process, None
         code: int | None = None
         if process is not None:
             pgid = process.pid  # start_new_session: the group id is the leader's pid
-            _signal_group(pgid, signal.SIGTERM)
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
             try:
                 code = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _signal_group(pgid, signal.SIGKILL)
                 code = process.wait(timeout=30)
-            # The engine core and other children may outlive the API server.
-            deadline = time.monotonic() + min(timeout, 10.0)
+            deadline = time.monotonic() + 5.0
             while _group_alive(pgid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.1)
             if _group_alive(pgid):
                 _signal_group(pgid, signal.SIGKILL)
         self._close_log()

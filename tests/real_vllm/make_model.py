@@ -2,7 +2,7 @@
 
 Run it with the vLLM venv's interpreter (see .ci/vllm-env.sh)::
 
-    python tests/vllm/make_model.py OUT_DIR
+    python tests/real_vllm/make_model.py OUT_DIR
 
 Everything is made locally: a word-level tokenizer trained with ``tokenizers`` on
 a generated corpus, and a 2-layer Llama (head_dim 64, which the CPU attention
