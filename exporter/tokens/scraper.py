@@ -10,15 +10,27 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from exporter.model import ModelTokens, TokenSample
-from exporter.tokens.parser import ParseError, parse_samples
-from exporter.tokens.profiles import PROFILES, ProfileError, ServerProfile, all_sample_names, detect
+from exporter.tokens.parser import ParseError, parse_samples, sample_names
+from exporter.tokens.profiles import (
+    PROFILES,
+    ProfileError,
+    ServerProfile,
+    Timing,
+    all_sample_names,
+    detect,
+    near_misses,
+)
 
 ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 _TEXT_TYPES = ("text/plain", "application/openmetrics-text")
+PROBE_PATHS = ("/metrics", "/v1/metrics", "/prometheus/metrics")
+"""Where servers keep their page: most at /metrics, NIM at /v1/metrics, trtllm-serve at
+/prometheus/metrics (its /metrics is JSON)."""
 
 
 class ScrapeError(Exception):
@@ -37,7 +49,9 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class PageReading:
     profile: ServerProfile
-    models: list[ModelTokens]
+    models: tuple[ModelTokens, ...]
+    input_timing: Timing | None
+    output_timing: Timing | None
 
 
 async def fetch_page(session: aiohttp.ClientSession, url: str, timeout_s: float, max_bytes: int) -> Page:
@@ -50,10 +64,7 @@ async def fetch_page(session: aiohttp.ClientSession, url: str, timeout_s: float,
                     raise ScrapeError("http_status", _status_message(url, resp.status))
                 content_type = resp.headers.get("Content-Type", "")
                 if content_type and not content_type.lower().startswith(_TEXT_TYPES):
-                    raise ScrapeError(
-                        "content_type",
-                        f"{url} answered with Content-Type {content_type!r}, not a Prometheus text page",
-                    )
+                    raise ScrapeError("content_type", _content_type_message(url, content_type))
                 if resp.content_length is not None and resp.content_length > max_bytes:
                     raise ScrapeError("too_large", _too_large(url, max_bytes))
                 body = bytearray()
@@ -64,7 +75,7 @@ async def fetch_page(session: aiohttp.ClientSession, url: str, timeout_s: float,
     except TimeoutError:
         raise ScrapeError("timeout", f"{url} did not answer within {timeout_s:g}s") from None
     except aiohttp.ClientError as e:
-        raise ScrapeError("connection", f"{url}: {e}") from None
+        raise ScrapeError("connection", f"{url}: {e or type(e).__name__}") from None
     received = time.time()
     try:
         text = body.decode("utf-8")
@@ -73,21 +84,62 @@ async def fetch_page(session: aiohttp.ClientSession, url: str, timeout_s: float,
     return Page(text=text, t=(sent + received) / 2.0)
 
 
-def read_page(text: str, kind: str) -> PageReading:
-    """Parse a page and map it through the profile `kind` (or the detected one for `auto`)."""
+def read_page(text: str, kind: str | ServerProfile) -> PageReading:
+    """Parse a page and map it through a profile: `kind` names one, is one, or is `auto`."""
     try:
         if kind == "auto":
             samples = parse_samples(text, all_sample_names())
             profile = detect(samples)
-            samples = [s for s in samples if s.name in profile.sample_names()]
+            wanted = profile.sample_names()
+            samples = [s for s in samples if s.name in wanted]
         else:
-            profile = PROFILES[kind]
+            profile = profile_for(kind)
             samples = parse_samples(text, profile.sample_names())
-        return PageReading(profile, profile.extract(samples))
+        counts = profile.extract(samples)
     except ParseError as e:
         raise ScrapeError("parse", f"malformed page: {e}") from None
     except ProfileError as e:
-        raise ScrapeError(e.reason, str(e)) from None
+        message = str(e)
+        if e.reason in ("unknown_kind", "missing_family"):
+            message += _what_the_page_has(text)
+        raise ScrapeError(e.reason, message) from None
+    return PageReading(profile, counts.models, counts.input_timing, counts.output_timing)
+
+
+def profile_for(kind: str | ServerProfile) -> ServerProfile:
+    if isinstance(kind, ServerProfile):
+        return kind
+    try:
+        return PROFILES[kind]
+    except KeyError:
+        raise ValueError(f"unknown server kind {kind!r}; known: auto, {', '.join(PROFILES)}") from None
+
+
+async def probe(
+    session: aiohttp.ClientSession, url: str, timeout_s: float, max_bytes: int
+) -> tuple[str, PageReading]:
+    """Read one page and detect its kind. A URL without a path tries each of `PROBE_PATHS`.
+
+    Returns the URL that answered with a known server's page and what it says.
+    """
+    parts = urlsplit(url)
+    if parts.path in ("", "/") and not parts.query:
+        base = url.rstrip("/")
+        candidates = [base + path for path in PROBE_PATHS]
+    else:
+        candidates = [url]
+    failures: list[ScrapeError] = []
+    for candidate in candidates:
+        try:
+            page = await fetch_page(session, candidate, timeout_s, max_bytes)
+            return candidate, read_page(page.text, "auto")
+        except ScrapeError as e:
+            failures.append(e)
+            if e.reason in ("timeout", "connection"):  # the host, not the path: other paths fail alike
+                break
+    if len(failures) == 1:
+        raise failures[0]
+    raise ScrapeError(failures[-1].reason, "no metrics page found:\n" + "\n".join(f"  {e}" for e in failures))
 
 
 class TokenScraper:
@@ -97,29 +149,59 @@ class TokenScraper:
         self,
         server: str,
         url: str,
-        kind: str,
+        kind: str | ServerProfile,
         session: aiohttp.ClientSession,
         timeout_s: float,
         max_bytes: int,
     ) -> None:
         self.server = server
         self.url = url
-        self.kind = kind
+        self._profile = None if kind == "auto" else profile_for(kind)
         self._session = session
         self._timeout_s = timeout_s
         self._max_bytes = max_bytes
 
+    @property
+    def kind(self) -> str:
+        """The server's kind, `auto` until a page has shown it."""
+        return self._profile.kind if self._profile else "auto"
+
     async def scrape(self) -> list[TokenSample]:
         page = await fetch_page(self._session, self.url, self._timeout_s, self._max_bytes)
-        reading = read_page(page.text, self.kind)
-        self.kind = reading.profile.kind
+        reading = read_page(page.text, self._profile or "auto")
+        self._profile = reading.profile
         return [TokenSample(server=self.server, t=page.t, tokens=m) for m in reading.models]
+
+
+def _what_the_page_has(text: str) -> str:
+    names = sample_names(text)
+    if not names:
+        return "; the page has no samples at all"
+    clues = near_misses(names)
+    shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+    return "; " + "; ".join([*clues, f"the page has: {shown}"])
 
 
 def _status_message(url: str, status: int) -> str:
     if status == 404:
-        return f"{url} answered 404 Not Found: check the metrics path"
+        return (
+            f"{url} answered 404 Not Found: check the metrics path (most servers use /metrics, NIM "
+            "/v1/metrics, trtllm-serve /prometheus/metrics); SGLang serves /metrics only when "
+            "started with --enable-metrics"
+        )
+    if status == 501:
+        return (
+            f"{url} answered 501 Not Implemented: llama-server serves /metrics only when started "
+            "with --metrics (or LLAMA_ARG_ENDPOINT_METRICS=1)"
+        )
     return f"{url} answered HTTP {status}"
+
+
+def _content_type_message(url: str, content_type: str) -> str:
+    message = f"{url} answered with Content-Type {content_type!r}, not a Prometheus text page"
+    if "json" in content_type.lower():
+        message += " (trtllm-serve's /metrics is JSON; its Prometheus page is /prometheus/metrics)"
+    return message
 
 
 def _too_large(url: str, max_bytes: int) -> str:

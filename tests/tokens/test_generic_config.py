@@ -1,0 +1,105 @@
+"""`kind: generic` and its `generic:` mapping in `servers[]`, and the list of kinds a config accepts."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import pytest
+
+from exporter.config import ConfigError, ServerKind, known_kinds, validate_config
+from exporter.model import ModelTokens
+from exporter.tokens.profiles import PROFILES, ServerProfile
+from exporter.tokens.scraper import read_page
+
+
+def server(**fields: Any) -> dict[str, Any]:
+    return {"servers": [{"name": "custom", "url": "http://127.0.0.1:8000/metrics", **fields}]}
+
+
+def problems(**fields: Any) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        validate_config(server(**fields))
+    return e.value.problems
+
+
+def test_every_kind_is_accepted_and_nothing_else() -> None:
+    assert sorted(get_args(ServerKind)) == sorted(known_kinds()) == sorted(["auto", "generic", *PROFILES])
+    assert validate_config(server(kind="aphrodite")).servers[0].token_kind == "aphrodite"
+
+
+def test_a_generic_mapping_becomes_a_profile_that_reads_the_page() -> None:
+    config = validate_config(
+        server(
+            kind="generic",
+            generic={
+                "model_label": "model",
+                "input_tokens": [
+                    {"name": "llm_tokens_total", "where": {"type": "prompt"}},
+                    "llm_cached_total",
+                ],
+                "output_tokens": [{"name": "llm_tokens_total", "where": {"type": "completion"}}],
+                "requests": ["llm_requests_total"],
+                "running": ["llm_running"],
+                "replica_labels": ["rank"],
+            },
+        )
+    )
+    profile = config.servers[0].token_kind
+    assert isinstance(profile, ServerProfile)
+    page = (
+        'llm_tokens_total{model="m",rank="0",type="prompt"} 10\n'
+        'llm_tokens_total{model="m",rank="1",type="prompt"} 10\n'
+        'llm_tokens_total{model="m",rank="0",type="completion"} 40\n'
+        'llm_cached_total{model="m"} 5\n'
+        'llm_requests_total{model="m",status="ok"} 2\n'
+        'llm_requests_total{model="m",status="error"} 1\n'
+        'llm_running{model="m"} 1\n'
+    )
+    assert read_page(page, profile).models == (ModelTokens("m", 15, 40, 3, 1),)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        (
+            {"kind": "generic"},
+            "servers[0]: kind: generic needs a generic: mapping that names at least input_tokens and "
+            "output_tokens",
+        ),
+        (
+            {"kind": "vllm", "generic": {"input_tokens": ["a"], "output_tokens": ["b"]}},
+            "servers[0]: generic: is only read with kind: generic, but kind is 'vllm'",
+        ),
+        (
+            {"kind": "generic", "generic": {"input_tokens": ["my-tokens"], "output_tokens": ["b"]}},
+            "servers[0].generic.input_tokens[0].name: 'my-tokens' is not a sample name",
+        ),
+        (
+            {"kind": "generic", "generic": {"input_tokens": ["a"]}},
+            "servers[0].generic.output_tokens: required, but missing",
+        ),
+        (
+            {"kind": "generic", "generic": {"input_tokens": ["a"], "output_tokens": []}},
+            "servers[0].generic.output_tokens: List should have at least 1 item",
+        ),
+        (
+            {
+                "kind": "generic",
+                "generic": {"input_tokens": [{"name": "a", "where": {"1x": "y"}}], "output_tokens": ["b"]},
+            },
+            "servers[0].generic.input_tokens[0].where.1x: '1x' is not a label name",
+        ),
+        (
+            {
+                "kind": "generic",
+                "generic": {"input_tokens": [{"name": "a", "wher": {}}], "output_tokens": ["b"]},
+            },
+            "servers[0].generic.input_tokens[0].wher: unknown key",
+        ),
+        ({"kind": "ollama"}, "servers[0].kind: 'ollama' is not allowed; input should be 'auto', 'vllm'"),
+    ],
+)
+def test_a_bad_generic_config_names_the_field(fields: dict[str, Any], problem: str) -> None:
+    found = problems(**fields)
+    assert len(found) == 1
+    assert found[0].startswith(problem)
