@@ -2,12 +2,14 @@
 
 Every source is one small object behind the `EnergySource` interface. A source that cannot read
 raises `EnergyReadError` with a short machine-readable `reason`; the daemon turns that into
-`tokenwatt_energy_source_up 0` and an error counter, never into a crash.
+`tokenwatt_energy_source_up 0` and an error counter, never into a crash. A source that cannot be
+opened at all (library missing, nothing to connect to) raises `EnergySourceUnavailable` at start-up,
+which `tokenwatt run` reports as one line per source tried and exit code 2.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from exporter.model import GpuSample
 
@@ -18,6 +20,21 @@ class EnergyReadError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class EnergySourceUnavailable(Exception):
+    """The source cannot be used on this machine; each problem says what is missing and how to fix it.
+
+    `problems` holds one line per source tried, each starting with the source's name.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+    @classmethod
+    def of(cls, source: str, message: str) -> EnergySourceUnavailable:
+        return cls([f"{source}: {message}"])
 
 
 class EnergySource(Protocol):
@@ -34,4 +51,14 @@ class EnergySource(Protocol):
 
     async def close(self) -> None:
         """Release what the source holds (connections, library handles)."""
+        ...
+
+
+@runtime_checkable
+class RefreshObserving(Protocol):
+    """A source whose values change less often than it is read (a scraped dcgm-exporter)."""
+
+    @property
+    def refresh_period_s(self) -> float | None:
+        """The observed time between two changes of the values; None until two changes were seen."""
         ...

@@ -1,0 +1,216 @@
+"""The `dcgm_exporter` source: energy read from an NVIDIA dcgm-exporter that is already deployed.
+
+Many clusters run dcgm-exporter through the GPU Operator and do not let anything else talk to the
+GPUs or the host engine. Its page carries what we need, with three catches this module handles:
+
+- Names and labels vary by version: `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (mJ) or, from DCGM 4.6,
+  possibly `DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL` (J); `DCGM_FI_DEV_POWER_USAGE` or
+  `DCGM_FI_DEV_BOARD_POWER_WATTS` (W); the `dcgm_*` names of `--use-old-namespace`; the GPU's UUID in
+  `UUID` or `uuid`; the node in `Hostname` or `hostname`.
+- In MIG mode every GPU instance gets a row repeating its parent GPU's value: rows are keyed by
+  the parent's UUID and each GPU is counted once.
+- Values change only once per collect interval (30 s by default) and carry no timestamp. A value
+  that did not change is not a new reading. A changed value is dated at the midpoint between the
+  last read that still showed the old value and the first that showed the new one, and the first
+  value seen only sets the baseline, since its age is unknown. The observed time between changes is
+  exposed so that users see how stale the readings are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import DcgmExporterConfig
+from exporter.energy import EnergyReadError
+from exporter.model import Gpu, GpuSample
+
+ENERGY_MJ_NAMES = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "dcgm_total_energy_consumption")
+ENERGY_J_NAMES = ("DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "dcgm_gpu_energy_joules_total")
+POWER_W_NAMES = (
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_BOARD_POWER_WATTS",
+    "dcgm_power_usage",
+    "dcgm_board_power_watts",
+)
+_WANTED = frozenset(ENERGY_MJ_NAMES + ENERGY_J_NAMES + POWER_W_NAMES)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One GPU's values on one page (first row per UUID; MIG rows repeat it)."""
+
+    gpu: Gpu
+    hostname: str | None
+    energy_j: float | None
+    power_w: float | None
+
+
+class _Row:
+    def __init__(self, gpu: Gpu, hostname: str | None) -> None:
+        self.gpu = gpu
+        self.hostname = hostname
+        self.energy_mj: float | None = None
+        self.energy_j: float | None = None
+        self.power_w: float | None = None
+
+
+def parse_page(text: str) -> list[GpuReading]:
+    """The energy and power of every GPU on a dcgm-exporter page, one reading per UUID.
+
+    Raises `ValueError` when a wanted line is malformed.
+    """
+    wanted_lines = [line for line in text.splitlines() if _name_of(line) in _WANTED]
+    rows: dict[str, _Row] = {}
+    for family in text_string_to_metric_families("\n".join(wanted_lines) + "\n"):
+        for sample in family.samples:
+            labels = sample.labels
+            uuid = labels.get("UUID") or labels.get("uuid")
+            if not uuid:
+                continue
+            row = rows.get(uuid)
+            if row is None:
+                gpu_label = labels.get("gpu", "")
+                gpu = Gpu(
+                    index=int(gpu_label) if gpu_label.isdigit() else len(rows),
+                    uuid=uuid,
+                    model=labels.get("modelName", ""),
+                )
+                row = rows[uuid] = _Row(gpu, labels.get("Hostname", labels.get("hostname")))
+            value = float(sample.value)
+            if sample.name in ENERGY_MJ_NAMES and row.energy_mj is None:
+                row.energy_mj = value
+            elif sample.name in ENERGY_J_NAMES and row.energy_j is None:
+                row.energy_j = value
+            elif sample.name in POWER_W_NAMES and row.power_w is None:
+                row.power_w = value
+    return [
+        GpuReading(
+            row.gpu,
+            row.hostname,
+            # The integer mJ counter is exact; the joules field, where present, carries the same.
+            row.energy_mj / 1000.0 if row.energy_mj is not None else row.energy_j,
+            row.power_w,
+        )
+        for row in rows.values()
+    ]
+
+
+def _name_of(line: str) -> str:
+    end = len(line)
+    for stop in ("{", " ", "\t"):
+        i = line.find(stop)
+        if i != -1:
+            end = min(end, i)
+    return line[:end]
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """What we know of one GPU's value on the page."""
+
+    energy_j: float
+    last_seen_t: float
+    """Instant of the latest read that showed `energy_j`."""
+    changed_t: float | None = None
+    """Estimated instant at which `energy_j` appeared; None while it is only the baseline."""
+    period_s: float | None = None
+    """Time between the two latest changes."""
+
+
+class DcgmExporterSource:
+    """Scrapes one dcgm-exporter `/metrics` page per read."""
+
+    name = "dcgm_exporter"
+
+    def __init__(
+        self,
+        cfg: DcgmExporterConfig,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._session = session
+        self._clock = clock
+        self._tracked: dict[str, _Tracked] = {}
+
+    @classmethod
+    def open(cls, cfg: DcgmExporterConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
+        return cls(cfg, aiohttp.ClientSession(auto_decompress=True), clock)
+
+    @property
+    def refresh_period_s(self) -> float | None:
+        periods = [t.period_s for t in self._tracked.values() if t.period_s is not None]
+        return max(periods) if periods else None
+
+    async def read(self) -> list[GpuSample]:
+        sent = self._clock()
+        text = await self._fetch()
+        t = (sent + self._clock()) / 2.0
+        try:
+            readings = parse_page(text)
+        except ValueError as e:
+            raise EnergyReadError("parse", f"{self.cfg.url}: not a metrics page: {e}") from None
+        if self.cfg.node_name is not None:
+            nodes = sorted({r.hostname or "(no hostname label)" for r in readings})
+            readings = [r for r in readings if r.hostname == self.cfg.node_name]
+            if not readings and nodes:
+                raise EnergyReadError(
+                    "other_node",
+                    f"{self.cfg.url} serves {', '.join(nodes)}, not {self.cfg.node_name}: reach this "
+                    "node's exporter (a Service with internalTrafficPolicy: Local, or the pod's address)",
+                )
+        if not any(r.energy_j is not None for r in readings):
+            raise EnergyReadError(
+                "no_energy_metric",
+                f"{self.cfg.url} has no {ENERGY_MJ_NAMES[0]} series with a UUID label: enable that "
+                "field in the exporter's counters CSV",
+            )
+        samples = []
+        for r in readings:
+            if r.energy_j is not None and (changed_t := self._track(r.gpu.uuid, r.energy_j, t)) is not None:
+                samples.append(GpuSample(gpu=r.gpu, t=changed_t, energy_j=r.energy_j, power_w=r.power_w))
+        return samples
+
+    def _track(self, uuid: str, energy_j: float, t: float) -> float | None:
+        """Record the value read at `t`; return the instant it appeared, None while it is the baseline."""
+        seen = self._tracked.get(uuid)
+        if seen is None:
+            self._tracked[uuid] = _Tracked(energy_j, t)
+            return None
+        if energy_j != seen.energy_j:
+            changed_t = (seen.last_seen_t + t) / 2.0
+            if seen.changed_t is not None:
+                seen.period_s = changed_t - seen.changed_t
+            seen.energy_j = energy_j
+            seen.changed_t = changed_t
+        seen.last_seen_t = t
+        return seen.changed_t
+
+    async def _fetch(self) -> str:
+        url = self.cfg.url
+        try:
+            async with self._session.get(
+                url, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout)
+            ) as response:
+                if response.status != 200:
+                    raise EnergyReadError("http_status", f"{url} answered HTTP {response.status}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > self.cfg.max_page_bytes:
+                        raise EnergyReadError(
+                            "too_large", f"{url}: page larger than {self.cfg.max_page_bytes} bytes"
+                        )
+                return body.decode(response.charset or "utf-8", errors="replace")
+        except TimeoutError:
+            raise EnergyReadError("timeout", f"{url}: no answer within {self.cfg.timeout:g}s") from None
+        except aiohttp.ClientError as e:
+            raise EnergyReadError("connect", f"{url}: {e}") from None
+
+    async def close(self) -> None:
+        await self._session.close()

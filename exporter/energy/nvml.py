@@ -1,0 +1,175 @@
+"""The `nvml` source: the NVIDIA driver's own library, through `nvidia-ml-py` (`import pynvml`).
+
+Energy comes from `nvmlDeviceGetTotalEnergyConsumption` (mJ since the driver was loaded; Volta and
+newer). Power comes from `nvmlDeviceGetFieldValues` with `NVML_FI_DEV_POWER_INSTANT`, the reading
+that is instantaneous on every architecture; that call succeeds when any value was filled, so each
+entry's own `nvmlReturn` is checked. Where a GPU has no energy counter (before Volta) its energy is
+the integral of that power, and its samples say so (`method="power_integration"`).
+
+GPUs are keyed by UUID: inside a container NVML renumbers the visible GPUs from 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import re
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from exporter.energy import EnergyReadError, EnergySourceUnavailable
+from exporter.energy.integration import PowerIntegral
+from exporter.energy.library_thread import LibraryThread
+from exporter.model import Gpu, GpuSample
+
+COUNTER = "counter"
+POWER_INTEGRATION = "power_integration"
+
+_HINTS = {
+    "LibraryNotFound": "libnvidia-ml.so.1 not found: run where the NVIDIA driver is installed; in a "
+    "container use the NVIDIA runtime with NVIDIA_DRIVER_CAPABILITIES including utility",
+    "DriverNotLoaded": "the NVIDIA kernel driver is not loaded (no NVIDIA GPU here, or the module failed "
+    "to load): check nvidia-smi",
+    "NoPermission": "no permission to open the GPUs: give the process access to /dev/nvidia*",
+    "LibRmVersionMismatch": "libnvidia-ml and the kernel driver are of different versions: reload the "
+    "driver or reboot after a driver upgrade",
+}
+
+
+@dataclass(slots=True)
+class _Device:
+    handle: Any
+    gpu: Gpu
+    integral: PowerIntegral | None
+    """Set where the GPU has no energy counter."""
+
+
+def import_pynvml() -> ModuleType:
+    try:
+        return importlib.import_module("pynvml")
+    except ImportError:
+        raise EnergySourceUnavailable.of(
+            "nvml", "the Python package nvidia-ml-py is not installed: pip install 'tokenwatt[nvml]'"
+        ) from None
+
+
+def error_reason(e: Exception) -> str:
+    """`NVMLError_GpuIsLost` -> `gpu_is_lost`: the `reason` label of a failed read."""
+    name = type(e).__name__.removeprefix("NVMLError").lstrip("_") or "nvml_error"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class NvmlSource:
+    """Reads every GPU NVML sees, one call at a time in the source's own thread."""
+
+    name = "nvml"
+
+    def __init__(self, nvml: ModuleType, thread: LibraryThread, max_step_s: float) -> None:
+        self._nvml = nvml
+        self._thread = thread
+        self._max_step_s = max_step_s
+        self._devices: list[_Device] = []
+        self._integrals: dict[str, PowerIntegral] = {}
+        self._stale = False
+
+    @classmethod
+    async def open(cls, max_step_s: float) -> NvmlSource:
+        """Initialise NVML and find the GPUs; `EnergySourceUnavailable` says why it cannot be used.
+
+        `max_step_s`: the longest step over which power is integrated (see `PowerIntegral`).
+        """
+        nvml = import_pynvml()
+        source = cls(nvml, LibraryThread("nvml"), max_step_s)
+        try:
+            await source._thread.call(source._start)
+        except nvml.NVMLError as e:
+            source._thread.close()
+            hint = _HINTS.get(type(e).__name__.removeprefix("NVMLError_"), f"nvmlInit failed: {e}")
+            raise EnergySourceUnavailable.of("nvml", hint) from None
+        if not source._devices:
+            await source.close()
+            raise EnergySourceUnavailable.of("nvml", "NVML works but sees no GPU")
+        return source
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        return tuple(d.gpu for d in self._devices)
+
+    def _start(self) -> None:
+        nvml = self._nvml
+        nvml.nvmlInit()
+        devices = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = str(nvml.nvmlDeviceGetUUID(handle))
+            name = str(nvml.nvmlDeviceGetName(handle))
+            integral = None
+            try:
+                nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound):
+                integral = self._integrals.setdefault(uuid, PowerIntegral(self._max_step_s))
+            method = COUNTER if integral is None else POWER_INTEGRATION
+            devices.append(_Device(handle, Gpu(index, uuid, name, method), integral))
+        self._devices = devices
+
+    async def read(self) -> list[GpuSample]:
+        return await self._thread.call(self._read)
+
+    def _read(self) -> list[GpuSample]:
+        nvml = self._nvml
+        if self._stale:
+            # Every GPU failed last time (driver reloaded, GPU reset): handles may be dead.
+            with contextlib.suppress(nvml.NVMLError):
+                nvml.nvmlShutdown()
+            try:
+                self._start()
+            except nvml.NVMLError as e:
+                raise EnergyReadError(error_reason(e), f"NVML could not be initialised again: {e}") from None
+            self._stale = False
+        samples: list[GpuSample] = []
+        failures: list[EnergyReadError] = []
+        for device in self._devices:
+            try:
+                samples.append(self._read_device(device))
+            except EnergyReadError as e:
+                failures.append(e)
+        if failures and not samples:
+            self._stale = True
+            raise failures[0]
+        return samples
+
+    def _read_device(self, device: _Device) -> GpuSample:
+        nvml = self._nvml
+        gpu = device.gpu
+        before = time.time()
+        try:
+            if device.integral is None:
+                energy_mj = nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle)
+                t = (before + time.time()) / 2.0
+                power_w, _ = self._power(device)
+                return GpuSample(gpu, t, energy_mj / 1000.0, power_w)
+            power_w, power_t = self._power(device)
+        except nvml.NVMLError as e:
+            raise EnergyReadError(error_reason(e), f"GPU {gpu.index} ({gpu.uuid}): {e}") from None
+        if power_w is None or power_t is None:
+            raise EnergyReadError("no_power", f"GPU {gpu.index} ({gpu.uuid}): no power reading to integrate")
+        return GpuSample(gpu, power_t, device.integral.add(power_t, power_w), power_w)
+
+    def _power(self, device: _Device) -> tuple[float | None, float | None]:
+        """Instant power (W) and the instant NVML read it, or (None, None) where it has none."""
+        nvml = self._nvml
+        before = time.time()
+        [value] = nvml.nvmlDeviceGetFieldValues(device.handle, [nvml.NVML_FI_DEV_POWER_INSTANT])
+        if value.nvmlReturn != nvml.NVML_SUCCESS:
+            return None, None
+        # `timestamp` is µs since 1970 by the host clock; some drivers leave it 0.
+        t = value.timestamp / 1e6 if value.timestamp > 0 else (before + time.time()) / 2.0
+        return value.value.uiVal / 1000.0, t
+
+    async def close(self) -> None:
+        nvml = self._nvml
+        with contextlib.suppress(nvml.NVMLError):
+            await self._thread.call(nvml.nvmlShutdown)
+        self._thread.close()

@@ -1,0 +1,285 @@
+"""A fake `pynvml` (the `nvidia-ml-py` module) for machines without an NVIDIA GPU.
+
+It mirrors the real module where tokenwatt touches it: the same function names and argument
+shapes, the same constants with the same values, the same exception hierarchy (`NVMLError` whose
+`__new__` maps a code to a generated `NVMLError_<Name>` subclass), and the same ctypes structures for
+field values, so `values[i].nvmlReturn`, `.timestamp` (µs since 1970) and `.value.uiVal` (mW) read
+as they do on hardware. `tests/energy/test_fakes_mirror_real.py` checks the names and values
+against the installed `nvidia-ml-py`.
+
+The simulated machine is `DRIVER`: tests set GPUs' energy (mJ) and power (mW), make the library
+missing, make a GPU lack the energy counter (pre-Volta), lose a GPU, or reload the driver (counters
+restart from zero and old handles die).
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+import time
+from collections.abc import Callable
+from ctypes import (
+    Structure,
+    Union,
+    c_double,
+    c_int,
+    c_int64,
+    c_longlong,
+    c_uint,
+    c_uint32,
+    c_ulong,
+    c_ulonglong,
+    c_ushort,
+)
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+NVML_SUCCESS = 0
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_ALREADY_INITIALIZED = 5
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_ERROR_NO_DATA = 21
+NVML_ERROR_UNKNOWN = 999
+
+NVML_VALUE_TYPE_DOUBLE = 0
+NVML_VALUE_TYPE_UNSIGNED_INT = 1
+NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3
+
+NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 83
+NVML_FI_DEV_POWER_AVERAGE = 185
+NVML_FI_DEV_POWER_INSTANT = 186
+
+NVML_DEVICE_ARCH_PASCAL = 4
+NVML_DEVICE_ARCH_VOLTA = 5
+
+
+class NVMLError(Exception):
+    _valClassMapping: ClassVar[dict[int, type[NVMLError]]] = {}
+    _errcode_to_string: ClassVar[dict[int, str]] = {
+        NVML_ERROR_UNINITIALIZED: "Uninitialized",
+        NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+        NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+        NVML_ERROR_NO_PERMISSION: "Insufficient Permissions",
+        NVML_ERROR_ALREADY_INITIALIZED: "Already Initialized",
+        NVML_ERROR_NOT_FOUND: "Not Found",
+        NVML_ERROR_INSUFFICIENT_SIZE: "Insufficient Size",
+        NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
+        NVML_ERROR_TIMEOUT: "Timeout",
+        NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+        NVML_ERROR_FUNCTION_NOT_FOUND: "Function Not Found",
+        NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+        NVML_ERROR_RESET_REQUIRED: "GPU requires restart",
+        NVML_ERROR_LIB_RM_VERSION_MISMATCH: "RM has detected an NVML/RM version mismatch.",
+        NVML_ERROR_UNKNOWN: "Unknown Error",
+    }
+    value: int
+
+    def __new__(cls, value: int) -> NVMLError:
+        if cls is NVMLError:
+            cls = NVMLError._valClassMapping.get(value, cls)
+        obj = Exception.__new__(cls)
+        obj.value = value
+        return obj
+
+    def __str__(self) -> str:
+        return NVMLError._errcode_to_string.get(self.value, f"NVML Error with code {self.value}")
+
+
+def _extractNVMLErrorsAsClasses() -> None:
+    """Generates `NVMLError_<Name>` for every `NVML_ERROR_<NAME>`, as the real module does."""
+    this_module = sys.modules[__name__]
+    for err_name in [x for x in dir(this_module) if x.startswith("NVML_ERROR_")]:
+        class_name = "NVMLError_" + string.capwords(err_name.replace("NVML_ERROR_", ""), "_").replace("_", "")
+        err_val = getattr(this_module, err_name)
+
+        def gen_new(val: int):
+            def new(typ, *args):
+                return NVMLError.__new__(typ, val)
+
+            return new
+
+        cls = type(class_name, (NVMLError,), {"__new__": gen_new(err_val)})
+        cls.__module__ = __name__
+        setattr(this_module, class_name, cls)
+        NVMLError._valClassMapping[err_val] = cls
+
+
+_extractNVMLErrorsAsClasses()
+
+
+def nvmlExceptionClass(nvmlErrorCode: int) -> type[NVMLError]:
+    if nvmlErrorCode not in NVMLError._valClassMapping:
+        raise ValueError(f"nvmlErrorCode {nvmlErrorCode} is not valid")
+    return NVMLError._valClassMapping[nvmlErrorCode]
+
+
+class c_nvmlValue_t(Union):
+    _fields_ = [
+        ("dVal", c_double),
+        ("uiVal", c_uint),
+        ("ulVal", c_ulong),
+        ("ullVal", c_ulonglong),
+        ("sllVal", c_longlong),
+        ("siVal", c_int),
+        ("usVal", c_ushort),
+    ]
+
+
+class c_nvmlFieldValue_t(Structure):
+    _fields_ = [
+        ("fieldId", c_uint32),
+        ("scopeId", c_uint32),
+        ("timestamp", c_int64),
+        ("latencyUsec", c_int64),
+        ("valueType", c_uint),
+        ("nvmlReturn", c_uint),
+        ("value", c_nvmlValue_t),
+    ]
+
+
+# --- the simulated machine -------------------------------------------------------------------
+
+
+@dataclass
+class FakeGpu:
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    energy_mj: int = 0
+    power_mw: int = 70_000
+    has_energy_counter: bool = True
+    """False for GPUs before Volta: the energy call raises NVMLError_NotSupported."""
+    power_supported: bool = True
+    lost: bool = False
+    """The GPU fell off the bus: every call on it raises NVMLError_GpuIsLost."""
+
+
+@dataclass
+class FakeDriver:
+    gpus: list[FakeGpu] = field(default_factory=list)
+    library_found: bool = True
+    driver_loaded: bool = True
+    generation: int = 0
+    """Bumped by a driver reload: handles from before it are dead."""
+    initialised: int = 0
+    calls: list[str] = field(default_factory=list)
+    clock: Callable[[], float] = time.time
+
+    def reload_driver(self) -> None:
+        """A driver reload: energy counters restart from zero, existing handles stop working."""
+        self.generation += 1
+        for gpu in self.gpus:
+            gpu.energy_mj = 0
+
+
+DRIVER = FakeDriver()
+
+
+@dataclass(frozen=True)
+class _Handle:
+    index: int
+    generation: int
+
+
+def _check_init() -> None:
+    if DRIVER.initialised <= 0:
+        raise NVMLError(NVML_ERROR_UNINITIALIZED)
+
+
+def _gpu(handle: _Handle) -> FakeGpu:
+    _check_init()
+    if handle.generation != DRIVER.generation:
+        raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    gpu = DRIVER.gpus[handle.index]
+    if gpu.lost:
+        raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    return gpu
+
+
+def nvmlInit() -> None:
+    DRIVER.calls.append("nvmlInit")
+    if not DRIVER.library_found:
+        raise NVMLError(NVML_ERROR_LIBRARY_NOT_FOUND)
+    if not DRIVER.driver_loaded:
+        raise NVMLError(NVML_ERROR_DRIVER_NOT_LOADED)
+    DRIVER.initialised += 1
+
+
+def nvmlShutdown() -> None:
+    DRIVER.calls.append("nvmlShutdown")
+    _check_init()
+    DRIVER.initialised -= 1
+
+
+def nvmlDeviceGetCount() -> int:
+    _check_init()
+    return len(DRIVER.gpus)
+
+
+def nvmlDeviceGetHandleByIndex(index: int) -> _Handle:
+    _check_init()
+    if not 0 <= index < len(DRIVER.gpus):
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _Handle(index, DRIVER.generation)
+
+
+def nvmlDeviceGetHandleByUUID(uuid: str) -> _Handle:
+    _check_init()
+    for i, gpu in enumerate(DRIVER.gpus):
+        if gpu.uuid == uuid:
+            return _Handle(i, DRIVER.generation)
+    raise NVMLError(NVML_ERROR_NOT_FOUND)
+
+
+def nvmlDeviceGetUUID(handle: _Handle) -> str:
+    return _gpu(handle).uuid
+
+
+def nvmlDeviceGetName(handle: _Handle) -> str:
+    return _gpu(handle).name
+
+
+def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
+    """Millijoules since the driver was loaded."""
+    gpu = _gpu(handle)
+    if not gpu.has_energy_counter:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return gpu.energy_mj
+
+
+def nvmlDeviceGetPowerUsage(handle: _Handle) -> int:
+    """Milliwatts."""
+    gpu = _gpu(handle)
+    if not gpu.power_supported:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return gpu.power_mw
+
+
+def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int | tuple[int, int]]):
+    """Succeeds when the device answers; each entry carries its own `nvmlReturn`."""
+    gpu = _gpu(handle)
+    values = (c_nvmlFieldValue_t * len(fieldIds))()
+    now_us = int(DRIVER.clock() * 1e6)
+    for i, field_id in enumerate(fieldIds):
+        fid, scope = field_id if isinstance(field_id, tuple) else (field_id, 0)
+        v = values[i]
+        v.fieldId, v.scopeId, v.timestamp = fid, scope, now_us
+        if fid == NVML_FI_DEV_POWER_INSTANT and gpu.power_supported:
+            v.valueType, v.nvmlReturn = NVML_VALUE_TYPE_UNSIGNED_INT, NVML_SUCCESS
+            v.value.uiVal = gpu.power_mw
+        elif fid == NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION and gpu.has_energy_counter:
+            v.valueType, v.nvmlReturn = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, NVML_SUCCESS
+            v.value.ullVal = gpu.energy_mj
+        else:
+            v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+    return values
