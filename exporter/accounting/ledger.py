@@ -1,16 +1,20 @@
 """Per-server ledgers: energy, tokens, requests and idle time advancing together.
 
-A server's scrapes arrive as groups of `TokenSample`s sharing one instant. Each scrape after the
-first closes an *interval*: the energy its GPUs used between the two instants (interpolated on
-each GPU's series, times the server's share of that GPU) and the tokens its counters advanced.
-An interval whose energy cannot be measured (a gap in the energy readings) keeps its tokens but
-has no energy, and windows leave it out of both sides of the ratio.
+A server's scrapes arrive as groups of `ModelTokens` sharing one instant. Each scrape after the
+first closes an *interval*: the energy its GPUs used between the two instants (measured by the
+accountant) and the tokens its counters advanced. An interval whose energy cannot be measured (a
+gap in the energy readings) keeps its tokens but has no energy, and windows leave it out of both
+sides of the ratio.
+
+An interval is *idle* when no token counter advanced and, where the server reports it, no request
+was running at either end. Idle energy is part of the all-in cost and is also kept apart, so that
+active-only figures can leave it out.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.accounting.counters import ResetCounter
@@ -19,12 +23,23 @@ from exporter.model import ModelTokens
 
 @dataclass(frozen=True, slots=True)
 class ModelInterval:
+    """One model's part of an interval."""
+
     model: str | None
     energy_j: float | None
     """This model's part of the interval's energy; None when the interval is unmeasured."""
     input_tokens: float
     output_tokens: float
     requests: float
+    cached_input_tokens: float
+    """Prompt tokens served from a prefix cache (0 where the server does not report them)."""
+    running: float | None
+    """Requests in flight: the larger of the counts at the two ends; None where not reported."""
+
+    @property
+    def computed_input_tokens(self) -> float:
+        """Prompt tokens the GPUs actually computed (cache hits excluded)."""
+        return max(0.0, self.input_tokens - self.cached_input_tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +47,13 @@ class Interval:
     t_start: float
     t_end: float
     energy_j: float | None
+    """The server's energy over the interval; None when it could not be measured."""
     idle: bool
     models: tuple[ModelInterval, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return self.t_end - self.t_start
 
 
 class ModelLedger:
@@ -43,9 +63,23 @@ class ModelLedger:
         self.input = ResetCounter()
         self.output = ResetCounter()
         self.requests = ResetCounter()
+        self.cached_input = ResetCounter()
         self.has_requests = False
+        self.has_cached_input = False
         self.energy_j = 0.0
+        self.idle_energy_j = 0.0
+        self.measured_input_tokens = 0.0
+        """Input tokens of measured intervals: the denominator that goes with `energy_j`."""
+        self.measured_output_tokens = 0.0
         self.running: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Increments:
+    input_tokens: float
+    output_tokens: float
+    requests: float
+    cached_input_tokens: float
 
 
 class ServerLedger:
@@ -54,63 +88,78 @@ class ServerLedger:
     def __init__(self, name: str, retain_s: float) -> None:
         self.name = name
         self.models: dict[str | None, ModelLedger] = {}
+        self.energy_j = 0.0
         self.idle_energy_j = 0.0
         self.idle_s = 0.0
+        self.measured_s = 0.0
         self.unmeasured_s = 0.0
-        self.intervals: deque[Interval] = deque()
+        self.first_t: float | None = None
         self.last_t: float | None = None
-        self.last_gpu_energy: dict[str, float] | None = None
-        """Interpolated cumulative energy per GPU UUID at `last_t`; None where it could not be measured."""
+        self.intervals: deque[Interval] = deque()
         self._retain_s = retain_s
 
-    def record(
-        self,
-        t: float,
-        models: Sequence[ModelTokens],
-        gpu_energy: Mapping[str, float] | None,
-        shares: Mapping[str, float],
-    ) -> Interval | None:
-        """Apply one scrape taken at `t`.
+    def record(self, t: float, models: Sequence[ModelTokens], energy_j: float | None) -> Interval | None:
+        """Apply one scrape taken at `t`, with the server's energy since its previous scrape.
 
-        `gpu_energy` is each of the server's GPUs' cumulative energy at `t` (None when any could
-        not be measured), `shares` the server's share of each GPU. Returns the interval the
-        scrape closed, or None for the first scrape.
+        `energy_j` is None when that energy could not be measured. Returns the interval the scrape
+        closed, or None for the first scrape (and for a scrape not after the previous one).
         """
-        increments = [(m, self._observe(m)) for m in models]
-        prev_t, prev_energy = self.last_t, self.last_gpu_energy
-        was_running = any((ledger.running or 0.0) > 0 for ledger in self.models.values())
+        prev_t = self.last_t
+        if prev_t is not None and t <= prev_t:
+            return None
+        running_before = {m: ledger.running for m, ledger in self.models.items()}
+        counted: list[tuple[ModelTokens, _Increments]] = []
         for m in models:
+            increments = self._observe(m)
+            if increments is not None:
+                counted.append((m, increments))
             self.models[m.model].running = m.running
         self.last_t = t
-        self.last_gpu_energy = dict(gpu_energy) if gpu_energy is not None else None
-        if prev_t is None or t <= prev_t:
+        if prev_t is None:
+            self.first_t = t
             return None
 
-        energy: float | None = None
-        if gpu_energy is not None and prev_energy is not None and set(prev_energy) == set(gpu_energy):
-            energy = sum(shares[uuid] * (gpu_energy[uuid] - prev_energy[uuid]) for uuid in gpu_energy)
-
-        counted = [(m.model, inc) for m, inc in increments if inc is not None]
-        tokens = sum(inc[0] + inc[1] for _, inc in counted)
+        tokens = sum(inc.input_tokens + inc.output_tokens for _, inc in counted)
+        if not counted:
+            energy_j = None  # no model has a baseline yet: nobody to attribute the energy to
+        was_running = any((r or 0.0) > 0 for r in running_before.values())
         running_now = any((m.running or 0.0) > 0 for m in models)
         idle = tokens == 0 and not was_running and not running_now
-        parts = self._split(energy, counted, tokens)
-        interval = Interval(prev_t, t, energy, idle, parts)
+        parts = tuple(
+            ModelInterval(
+                model=m.model,
+                energy_j=None if energy_j is None else energy_j * _share(inc, tokens, len(counted)),
+                input_tokens=inc.input_tokens,
+                output_tokens=inc.output_tokens,
+                requests=inc.requests,
+                cached_input_tokens=inc.cached_input_tokens,
+                running=_larger(running_before.get(m.model), m.running),
+            )
+            for m, inc in counted
+        )
+        interval = Interval(prev_t, t, energy_j, idle, parts)
 
-        if energy is None:
+        if energy_j is None:
             self.unmeasured_s += t - prev_t
         else:
-            for part in parts:
-                self.models[part.model].energy_j += part.energy_j or 0.0
+            self.energy_j += energy_j
+            self.measured_s += t - prev_t
             if idle:
-                self.idle_energy_j += energy
+                self.idle_energy_j += energy_j
                 self.idle_s += t - prev_t
+            for part in parts:
+                ledger = self.models[part.model]
+                ledger.energy_j += part.energy_j or 0.0
+                ledger.measured_input_tokens += part.input_tokens
+                ledger.measured_output_tokens += part.output_tokens
+                if idle:
+                    ledger.idle_energy_j += part.energy_j or 0.0
         self.intervals.append(interval)
         while self.intervals and self.intervals[0].t_end < t - self._retain_s:
             self.intervals.popleft()
         return interval
 
-    def _observe(self, m: ModelTokens) -> tuple[float, float, float] | None:
+    def _observe(self, m: ModelTokens) -> _Increments | None:
         ledger = self.models.get(m.model)
         if ledger is None:
             ledger = self.models[m.model] = ModelLedger()
@@ -120,19 +169,23 @@ class ServerLedger:
         if m.requests is not None:
             ledger.has_requests = True
             d_req = ledger.requests.observe(m.requests)
+        d_cached: float | None = 0.0
+        if m.cached_input_tokens is not None:
+            ledger.has_cached_input = True
+            d_cached = ledger.cached_input.observe(m.cached_input_tokens)
         if d_in is None or d_out is None:
             return None
-        return (d_in, d_out, d_req or 0.0)
+        return _Increments(d_in, d_out, d_req or 0.0, d_cached or 0.0)
 
-    @staticmethod
-    def _split(
-        energy: float | None,
-        counted: Sequence[tuple[str | None, tuple[float, float, float]]],
-        tokens: float,
-    ) -> tuple[ModelInterval, ...]:
-        """Split an interval's energy between models by their share of its tokens (equally if none)."""
-        parts = []
-        for model, (d_in, d_out, d_req) in counted:
-            share = (d_in + d_out) / tokens if tokens > 0 else 1.0 / len(counted)
-            parts.append(ModelInterval(model, None if energy is None else energy * share, d_in, d_out, d_req))
-        return tuple(parts)
+
+def _share(inc: _Increments, tokens: float, models: int) -> float:
+    """A model's part of an interval: its share of the tokens, or an equal part when there were none."""
+    return (inc.input_tokens + inc.output_tokens) / tokens if tokens > 0 else 1.0 / models
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
