@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.exposition.collector import TokenwattCollector
+from exporter.exposition.web_config import basic_auth_middleware
 
 _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 <p>Joules per token, per model, per server, per GPU.</p>
@@ -17,10 +18,15 @@ _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 """
 
 
-def make_app(collector: TokenwattCollector, ready: Callable[[], str | None]) -> web.Application:
+def make_app(
+    collector: TokenwattCollector,
+    ready: Callable[[], str | None],
+    users: Mapping[str, bytes] | None = None,
+) -> web.Application:
     """An aiohttp application serving the collector.
 
     `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
+    `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -37,7 +43,7 @@ def make_app(collector: TokenwattCollector, ready: Callable[[], str | None]) -> 
             return web.Response(text="ready\n")
         return web.Response(status=503, text=f"not ready: {waiting}\n")
 
-    app = web.Application()
+    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)

@@ -1,0 +1,172 @@
+"""TLS and basic auth for the exporter's HTTP server, from a web config file.
+
+The file has the format of the Prometheus exporter-toolkit (`--web.config.file` of
+node_exporter and friends), so operators reuse what they already have:
+
+    tls_server_config:
+      cert_file: server.crt
+      key_file: server.key
+      client_ca_file: ca.crt              # optional: verify client certificates
+      client_auth_type: RequireAndVerifyClientCert
+      min_version: TLS12
+    basic_auth_users:
+      prometheus: $2y$10$...             # bcrypt hash
+
+Relative paths are resolved against the file's own folder. Basic auth guards `/metrics`; the
+health endpoints stay open for kubelet probes, which carry no credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import yaml
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+_TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
+PROTECTED_PATHS = frozenset({"/metrics"})
+
+
+class WebConfigError(Exception):
+    """The web config file is unusable; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    ssl_context: ssl.SSLContext | None
+    users: Mapping[str, bytes]
+    """User name -> bcrypt hash."""
+
+
+def load_web_config(path: Path) -> WebConfig:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise WebConfigError(f"{path}: cannot read the file: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise WebConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise WebConfigError(f"{path}: the top level must be a mapping")
+    unknown = set(data) - {"tls_server_config", "basic_auth_users"}
+    if unknown:
+        raise WebConfigError(
+            f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: tls_server_config, basic_auth_users"
+        )
+    tls = data.get("tls_server_config")
+    return WebConfig(
+        ssl_context=_ssl_context(path, tls) if tls is not None else None,
+        users=_users(path, data.get("basic_auth_users") or {}),
+    )
+
+
+def _ssl_context(path: Path, tls: Any) -> ssl.SSLContext:
+    where = f"{path}: tls_server_config"
+    if not isinstance(tls, dict):
+        raise WebConfigError(f"{where} must be a mapping")
+    unknown = set(tls) - _TLS_KEYS
+    if unknown:
+        raise WebConfigError(
+            f"{where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(_TLS_KEYS))}"
+        )
+    for key in ("cert_file", "key_file"):
+        if not isinstance(tls.get(key), str):
+            raise WebConfigError(f"{where}.{key}: required (a file path)")
+    auth = tls.get("client_auth_type", "NoClientCert")
+    if auth not in _CLIENT_AUTH:
+        raise WebConfigError(
+            f"{where}.client_auth_type: {auth!r} is not allowed; use one of {', '.join(_CLIENT_AUTH)}"
+        )
+    version = tls.get("min_version", "TLS12")
+    if version not in _TLS_VERSIONS:
+        raise WebConfigError(f"{where}.min_version: {version!r} is not allowed; use TLS12 or TLS13")
+    base = path.parent
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _TLS_VERSIONS[version]
+    try:
+        context.load_cert_chain(base / tls["cert_file"], base / tls["key_file"])
+    except (OSError, ssl.SSLError) as e:
+        raise WebConfigError(f"{where}: cannot load cert_file/key_file: {e}") from None
+    context.verify_mode = _CLIENT_AUTH[auth]
+    if auth != "NoClientCert":
+        ca = tls.get("client_ca_file")
+        if not isinstance(ca, str):
+            raise WebConfigError(f"{where}.client_ca_file: required with client_auth_type {auth}")
+        try:
+            context.load_verify_locations(base / ca)
+        except (OSError, ssl.SSLError) as e:
+            raise WebConfigError(f"{where}.client_ca_file: cannot load {ca!r}: {e}") from None
+    return context
+
+
+def _users(path: Path, users: Any) -> dict[str, bytes]:
+    if not isinstance(users, dict):
+        raise WebConfigError(f"{path}: basic_auth_users must map user names to bcrypt hashes")
+    out: dict[str, bytes] = {}
+    for name, hashed in users.items():
+        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise WebConfigError(f"{path}: basic_auth_users.{name}: expected a bcrypt hash ($2y$...)")
+        out[str(name)] = hashed.encode()
+    return out
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def basic_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
+    """Require one of `users` on the protected paths.
+
+    bcrypt is slow on purpose; a credential that checked out once is remembered (as its exact
+    header value), so a scrape every few seconds costs one comparison, not one bcrypt round.
+    """
+    verified: set[str] = set()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PROTECTED_PATHS:
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        if header in verified or _check(header, users):
+            verified.add(header)
+            return await handler(request)
+        return web.Response(
+            status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="tokenwatt"'}
+        )
+
+    return middleware
+
+
+def _check(header: str, users: Mapping[str, bytes]) -> bool:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    hashed = users.get(user)
+    if hashed is None:
+        # Spend the same time as for a known user, so user names cannot be probed by timing.
+        bcrypt.checkpw(password.encode(), _dummy_hash())
+        return False
+    return bcrypt.checkpw(password.encode(), hashed)
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    return bcrypt.hashpw(b"tokenwatt", bcrypt.gensalt(rounds=10))
