@@ -7,19 +7,20 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import aiohttp
 
 from exporter import __version__
+from exporter import replay as traces
 from exporter.app import Daemon, serve_until_signalled
-from exporter.config import DEFAULT_PORT, ConfigError, load_config, parse_duration
+from exporter.config import DEFAULT_PORT, ConfigError, load_config, parse_duration, validate_listen
 from exporter.demo import run_demo
-from exporter.energy import EnergyReadError
+from exporter.energy import EnergySourceUnavailable
 from exporter.energy.select import open_source
+from exporter.exposition.web_config import WebConfigError, load_web_config
 from exporter.logs import configure_logging
-from exporter.tokens.scraper import PageReading, ScrapeError, fetch_page, read_page
+from exporter.tokens.scraper import PageReading, ScrapeError, probe, read_page
 
 EXIT_USAGE = 2
 
@@ -62,27 +63,73 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file (exit 0 valid, 2 invalid)")
     check.add_argument("file", type=Path, metavar="FILE")
     check.set_defaults(func=_cmd_check_config)
+
+    replay = sub.add_parser(
+        "replay", help="run the accounting offline over recorded energy and token traces (CSV)"
+    )
+    replay.add_argument(
+        "--energy", required=True, type=Path, metavar="E.csv", help="columns timestamp,gpu,energy_joules"
+    )
+    replay.add_argument(
+        "--tokens",
+        required=True,
+        type=Path,
+        metavar="T.csv",
+        help="columns timestamp,server,model,input_tokens,output_tokens "
+        "[,cached_input_tokens,running,requests]",
+    )
+    replay.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="SERVER=GPU[,GPU...]",
+        help="the GPUs (as in E.csv's gpu column) of a server; repeatable; default: every GPU",
+    )
+    replay.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    replay.set_defaults(func=_cmd_replay)
     return parser
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        mapping = traces.parse_map(args.map)
+        energy = traces.read_energy(args.energy)
+        tokens = traces.read_tokens(args.tokens)
+        results = traces.replay(energy, tokens, mapping, args.energy, args.tokens)
+    except (traces.ReplayError, ValueError) as e:
+        print(f"tokenwatt replay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(traces.results_json(results) if args.json else traces.results_table(results))
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         if args.listen:
-            config = config.model_validate({**config.model_dump(), "listen": args.listen})
+            config = config.model_copy(update={"listen": validate_listen(args.listen)})
     except ConfigError as e:
         for problem in e.problems:
             print(f"tokenwatt: {args.config}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:
+        print(f"tokenwatt: --listen: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        web = load_web_config(config.web_config_file) if config.web_config_file else None
+    except WebConfigError as e:
+        print(f"tokenwatt: web_config_file: {e}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(config.logging.level, config.logging.format)
 
     async def run() -> int:
         try:
             source = await open_source(config.energy)
-        except EnergyReadError as e:
-            print(f"tokenwatt: energy source {config.energy.source}: {e}", file=sys.stderr)
+        except EnergySourceUnavailable as e:
+            for problem in e.problems:  # one line per source tried: "nvml: <what is missing, how to fix>"
+                print(f"tokenwatt: energy source {problem}", file=sys.stderr)
             return EXIT_USAGE
-        await serve_until_signalled(Daemon(config, source).run)
+        await serve_until_signalled(Daemon(config, source, web=web).run)
         return 0
 
     return asyncio.run(run())
@@ -96,10 +143,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        load_config(args.file)
+        config = load_config(args.file)
+        if config.web_config_file is not None:
+            load_web_config(config.web_config_file)
     except ConfigError as e:
         for problem in e.problems:
             print(f"{args.file}: {problem}")
+        return EXIT_USAGE
+    except WebConfigError as e:
+        print(f"{args.file}: web_config_file: {e}")
         return EXIT_USAGE
     print(f"{args.file}: valid")
     return 0
@@ -109,33 +161,43 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     target: str = args.target
     try:
         if target.startswith(("http://", "https://")):
-            text = asyncio.run(_fetch(target, parse_duration(args.timeout)))
+            source, reading = asyncio.run(_probe_url(target, parse_duration(args.timeout)))
         else:
-            text = Path(target).read_text(encoding="utf-8")
-        reading = read_page(text, "auto")
+            source, reading = target, read_page(Path(target).read_text(encoding="utf-8"), "auto")
     except ScrapeError as e:
         print(f"tokenwatt probe: {e}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as e:
         print(f"tokenwatt probe: {target}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(_probe_json(reading) if args.json else _probe_table(reading))
+    print(_probe_json(reading) if args.json else _probe_table(reading, source))
     return 0
 
 
-async def _fetch(url: str, timeout_s: float) -> str:
+async def _probe_url(url: str, timeout_s: float) -> tuple[str, PageReading]:
     async with aiohttp.ClientSession() as session:
-        page = await fetch_page(session, url, timeout_s, max_bytes=64 * 1024 * 1024)
-    return page.text
+        return await probe(session, url, timeout_s, max_bytes=64 * 1024 * 1024)
 
 
 def _probe_json(reading: PageReading) -> str:
-    return json.dumps(
-        {"server_kind": reading.profile.kind, "models": [asdict(m) for m in reading.models]}, indent=2
-    )
+    models: list[dict[str, str | float | None]] = []
+    for m in reading.models:
+        entry: dict[str, str | float | None] = {
+            "model": m.model,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "requests": m.requests,
+        }
+        # Known only for some servers: absent rather than null where the server does not say.
+        if m.cached_input_tokens is not None:
+            entry["cached_input_tokens"] = m.cached_input_tokens
+        if m.running is not None:
+            entry["running"] = m.running
+        models.append(entry)
+    return json.dumps({"server_kind": reading.profile.kind, "models": models}, indent=2)
 
 
-def _probe_table(reading: PageReading) -> str:
+def _probe_table(reading: PageReading, source: str) -> str:
     header = ("model", "input_tokens", "cached_input", "output_tokens", "requests", "running")
     rows = [header] + [
         (
@@ -149,7 +211,14 @@ def _probe_table(reading: PageReading) -> str:
         for m in reading.models
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [f"server kind: {reading.profile.kind}"]
+    lines = [f"server kind: {reading.profile.kind}", f"read from: {source}"]
+    if not reading.models:
+        lines.append("no token series yet: the server has not served a request since it started")
+        return "\n".join(lines)
+    lines.append(
+        f"token counters move: input {reading.input_timing}, output {reading.output_timing} "
+        "(see docs/servers.md)"
+    )
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
 

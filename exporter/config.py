@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from exporter.tokens.profiles import PROFILES
+from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
 
 DEFAULT_PORT = 9839
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -55,7 +63,8 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
-def _listen(value: object) -> str:
+def validate_listen(value: object) -> str:
+    """A HOST:PORT listen address, or ValueError saying what is wrong with it."""
     if not isinstance(value, str) or ":" not in value:
         raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
     host, _, port = value.rpartition(":")
@@ -66,7 +75,7 @@ def _listen(value: object) -> str:
     return value
 
 
-Listen = Annotated[str, BeforeValidator(_listen)]
+Listen = Annotated[str, BeforeValidator(validate_listen)]
 
 
 class _Strict(BaseModel):
@@ -81,19 +90,66 @@ class SimulatedConfig(_Strict):
     gpu_model: str = "Simulated GPU"
 
 
-EnergySourceName = Literal["simulated"]
+def _dcgm_address(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected HOST:PORT such as localhost:5555 or a unix socket path, got {value!r}")
+    if value.startswith(("/", "unix://")):
+        return value
+    host, colon, port = value.rpartition(":")
+    if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(
+            f"{value!r} is not HOST:PORT (port 1 to 65535) nor a unix socket path starting with /"
+        )
+    return value
+
+
+class DcgmConfig(_Strict):
+    address: Annotated[str, BeforeValidator(_dcgm_address)] = "localhost:5555"
+    """nv-hostengine's HOST[:PORT] (default port 5555), or a unix socket path."""
+    embedded: bool = False
+    """Start DCGM inside tokenwatt instead of connecting to a host engine."""
+    bindings_path: str | None = None
+    """Directory holding pydcgm.py and friends, searched after sys.path."""
+    library_path: str | None = None
+    """Directory holding libdcgm.so.4, where it is not on the loader's search path."""
+    timeout: Duration = 5.0
+
+
+class DcgmExporterConfig(_Strict):
+    url: str = "http://localhost:9400/metrics"
+    timeout: Duration = 5.0
+    collect_interval: Duration = 30.0
+    """The exporter's own --collect-interval: how often its values change."""
+    node_name: str | None = None
+    """Keep only series whose Hostname label is this node (the exporter may serve several nodes)."""
+    max_page_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _check_url(cls, value: object) -> str:
+        return _url(value)
+
+
+EnergySourceName = Literal["auto", "dcgm", "nvml", "dcgm_exporter", "amd", "simulated"]
 
 
 class EnergyConfig(_Strict):
-    source: EnergySourceName = "simulated"
+    source: EnergySourceName = "auto"
     interval: Duration = 1.0
     gap_limit: Duration | None = None
     """Readings further apart than this do not bracket a token instant; default five intervals."""
+    dcgm: DcgmConfig = DcgmConfig()
+    dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
     simulated: SimulatedConfig = SimulatedConfig()
 
     @property
     def gap_limit_s(self) -> float:
-        return self.gap_limit if self.gap_limit is not None else 5 * self.interval
+        if self.gap_limit is not None:
+            return self.gap_limit
+        if self.source == "dcgm_exporter":
+            # Its values move once per collect interval: two refreshes are normally that far apart.
+            return max(5 * self.interval, 2 * self.dcgm_exporter.collect_interval)
+        return 5 * self.interval
 
 
 def _gpu_selector(value: object) -> int | str:
@@ -109,7 +165,10 @@ def _gpu_selector(value: object) -> int | str:
 
 
 GpuSelector = Annotated[int | str, BeforeValidator(_gpu_selector)]
-ServerKind = Literal["auto", "vllm"]
+ServerKind = Literal[
+    "auto", "vllm", "sglang", "tgi", "llamacpp", "triton", "trtllm", "nim", "lmdeploy", "ray", "aphrodite",
+    "dynamo", "generic",
+]
 
 
 def _server_name(value: object) -> str:
@@ -124,6 +183,70 @@ def _url(value: object) -> str:
     return value
 
 
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _metric_name(value: object) -> str:
+    if not isinstance(value, str) or not _METRIC_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a sample name: use letters, digits, _ and :, not starting with a digit "
+            "(e.g. my_prompt_tokens_total, or a histogram's my_input_length_sum)"
+        )
+    return value
+
+
+def _label_name(value: object) -> str:
+    if not isinstance(value, str) or not _LABEL_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a label name: use letters, digits and _, not starting with a digit"
+        )
+    return value
+
+
+def _series_entry(value: object) -> object:
+    """A bare sample name is shorthand for `{name: NAME}`."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+LabelName = Annotated[str, BeforeValidator(_label_name)]
+
+
+class GenericSeriesConfig(_Strict):
+    name: Annotated[str, BeforeValidator(_metric_name)]
+    where: dict[LabelName, str] = Field(default_factory=dict)
+    """Only samples carrying every one of these label values count."""
+
+    def series(self) -> Series:
+        return Series(self.name, tuple(sorted(self.where.items())))
+
+
+GenericSeriesList = list[Annotated[GenericSeriesConfig, BeforeValidator(_series_entry)]]
+
+
+class GenericConfig(_Strict):
+    """The families of a server tokenwatt has no profile for; each quantity is the sum of its series."""
+
+    model_label: LabelName | None = None
+    input_tokens: GenericSeriesList = Field(min_length=1)
+    output_tokens: GenericSeriesList = Field(min_length=1)
+    requests: GenericSeriesList = Field(default_factory=list)
+    running: GenericSeriesList = Field(default_factory=list)
+    cached_input_tokens: GenericSeriesList = Field(default_factory=list)
+    replica_labels: list[LabelName] = Field(default_factory=list)
+
+    def profile(self) -> ServerProfile:
+        return generic_profile(
+            model_label=self.model_label,
+            input_tokens=[s.series() for s in self.input_tokens],
+            output_tokens=[s.series() for s in self.output_tokens],
+            requests=[s.series() for s in self.requests],
+            running=[s.series() for s in self.running],
+            cached_input_tokens=[s.series() for s in self.cached_input_tokens],
+            replica_labels=self.replica_labels,
+        )
+
+
 class ServerConfig(_Strict):
     name: Annotated[str, BeforeValidator(_server_name)]
     url: Annotated[str, BeforeValidator(_url)]
@@ -133,6 +256,23 @@ class ServerConfig(_Strict):
     interval: Duration = 1.0
     timeout: Duration = 5.0
     max_page_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    generic: GenericConfig | None = None
+    """The families to read; required by `kind: generic` and only allowed with it."""
+
+    @model_validator(mode="after")
+    def _check_generic(self) -> ServerConfig:
+        if self.kind == GENERIC_KIND and self.generic is None:
+            raise ValueError(
+                "kind: generic needs a generic: mapping that names at least input_tokens and output_tokens"
+            )
+        if self.generic is not None and self.kind != GENERIC_KIND:
+            raise ValueError(f"generic: is only read with kind: generic, but kind is {self.kind!r}")
+        return self
+
+    @property
+    def token_kind(self) -> str | ServerProfile:
+        """How the scraper reads the page: `auto`, a built-in kind, or the generic profile."""
+        return self.generic.profile() if self.generic is not None else self.kind
 
 
 class LoggingConfig(_Strict):
@@ -141,12 +281,54 @@ class LoggingConfig(_Strict):
     """`auto`: console on a terminal, JSON otherwise."""
 
 
+class PricingConfig(_Strict):
+    price_per_kwh: float = Field(ge=0)
+    """Price of one kWh at the facility meter, in `currency`."""
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    """ISO 4217 code, e.g. USD, EUR."""
+
+
+class CarbonConfig(_Strict):
+    grams_per_kwh: float = Field(ge=0)
+    """Grid carbon intensity in gCO2e per kWh."""
+
+
+class EnergySplitConfig(_Strict):
+    window: Duration = 600.0
+    """The recent intervals the prefill/decode/static fit is computed over."""
+    block: Duration = 5.0
+    """Consecutive intervals are summed into blocks at least this long before fitting."""
+
+
+def _load_bands(value: object) -> list[int]:
+    allowed = (
+        "ascending positive integers (upper bounds of the bands of running requests), e.g. [4, 16, 64, 256]"
+    )
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected {allowed}, got {value!r}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in value):
+        raise ValueError(f"expected {allowed}, got {value!r}")
+    if value != sorted(set(value)):
+        raise ValueError(f"{value!r} is not ascending; expected {allowed}")
+    return value
+
+
 class Config(_Strict):
     listen: Listen = DEFAULT_LISTEN
+    web_config_file: Path | None = None
+    """TLS and basic auth, exporter-toolkit format; relative to the config file's folder."""
     energy: EnergyConfig = EnergyConfig()
     servers: list[ServerConfig] = Field(default_factory=list)
     windows: list[Duration] = Field(default_factory=lambda: [60.0, 300.0, 900.0])
     logging: LoggingConfig = LoggingConfig()
+    load_bands: Annotated[list[int], BeforeValidator(_load_bands)] = Field(
+        default_factory=lambda: [4, 16, 64, 256]
+    )
+    energy_split: EnergySplitConfig = EnergySplitConfig()
+    pue: float = Field(1.0, ge=1.0)
+    """Power usage effectiveness of the facility (total energy / IT energy), for cost and carbon."""
+    pricing: PricingConfig | None = None
+    carbon: CarbonConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -173,7 +355,10 @@ def load_config(path: Path) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
-    return validate_config(data)
+    config = validate_config(data)
+    if config.web_config_file is not None and not config.web_config_file.is_absolute():
+        config = config.model_copy(update={"web_config_file": path.parent / config.web_config_file})
+    return config
 
 
 def validate_config(data: dict[str, Any]) -> Config:
@@ -205,4 +390,4 @@ def _problem(err: Any) -> str:
 
 
 def known_kinds() -> list[str]:
-    return ["auto", *PROFILES]
+    return ["auto", *PROFILES, GENERIC_KIND]

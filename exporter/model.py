@@ -19,6 +19,9 @@ class Gpu:
     uuid: str
     model: str
     """Product name, e.g. "NVIDIA H100 80GB HBM3"."""
+    energy_method: str = "counter"
+    """How its energy is known: `counter` (the GPU's own energy counter) or `power_integration`
+    (integrated power readings, where the GPU has no usable counter)."""
 
 
 @dataclass(frozen=True, slots=True)

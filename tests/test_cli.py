@@ -67,3 +67,61 @@ def test_probe_table_and_missing_file() -> None:
     missing = tokenwatt("probe", "/nonexistent/metrics.txt")
     assert missing.returncode == 2
     assert "/nonexistent/metrics.txt" in missing.stderr
+
+
+def test_run_listen_override_is_validated(tmp_path: Path) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text("energy: {source: simulated}\n")
+    result = tokenwatt("run", "--config", str(config), "--listen", "nowhere")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "tokenwatt: --listen: expected HOST:PORT such as 0.0.0.0:9839, got 'nowhere'"
+    )
+
+
+def test_run_serves_on_the_listen_override_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    config = tmp_path / "c.yml"
+    config.write_text("listen: '127.0.0.1:1'\nenergy: {source: simulated, interval: 200ms}\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.cli",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        body = b""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+                    body = resp.read()
+                if b"tokenwatt_gpu_energy_joules_total{" in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert b'tokenwatt_energy_source_up{source="simulated"} 1.0' in body
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    assert '"event": "stopped"' in out

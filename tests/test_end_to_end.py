@@ -124,6 +124,10 @@ async def test_joules_per_token_matches_simulator_ground_truth() -> None:
     ) == pytest.approx(1 / truth, rel=0.01)
     assert value(found, "tokenwatt_target_up", server=SERVER) == 1.0
     assert value(found, "tokenwatt_energy_source_up", source="simulated") == 1.0
+    placed = {
+        dict(labels)["gpu"] for (name, labels), v in found.items() if name == "tokenwatt_server_gpu_info"
+    }
+    assert placed == {"0", "1"}
     gpu_energy = [v for (name, _), v in found.items() if name == "tokenwatt_gpu_energy_joules_total"]
     assert len(gpu_energy) == 2 and all(e > 0 for e in gpu_energy)
 

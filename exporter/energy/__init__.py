@@ -45,6 +45,17 @@ class EnergySource(Protocol):
         """The value of the `source` label (`simulated`, `nvml`, ...)."""
         ...
 
+    @property
+    def reads_fresh(self) -> bool:
+        """True when every read asks the hardware now (NVML, AMD, simulated).
+
+        The daemon then also reads right before and right after each scrape of a server, so the
+        scrape's instant is bracketed by readings milliseconds apart. False where values refresh on
+        the source's own schedule (DCGM watches, a scraped dcgm-exporter): reading more often
+        would only repeat them.
+        """
+        ...
+
     async def read(self) -> list[GpuSample]:
         """Read every GPU once. GPUs that could not be read are left out."""
         ...

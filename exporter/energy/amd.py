@@ -71,6 +71,7 @@ class AmdSource:
     """Reads every AMD GPU amdsmi sees, one call at a time in the source's own thread."""
 
     name = "amd"
+    reads_fresh = True
 
     def __init__(self, amdsmi: ModuleType, max_step_s: float) -> None:
         self._amdsmi = amdsmi

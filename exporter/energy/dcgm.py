@@ -105,6 +105,7 @@ class DcgmSource:
     """Reads fields 155, 156 and 157 of every GPU DCGM supports, all calls in one thread."""
 
     name = "dcgm"
+    reads_fresh = False
 
     def __init__(
         self,

@@ -126,6 +126,7 @@ class DcgmExporterSource:
     """Scrapes one dcgm-exporter `/metrics` page per read."""
 
     name = "dcgm_exporter"
+    reads_fresh = False
 
     def __init__(
         self,

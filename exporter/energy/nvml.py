@@ -65,6 +65,7 @@ class NvmlSource:
     """Reads every GPU NVML sees, one call at a time in the source's own thread."""
 
     name = "nvml"
+    reads_fresh = True
 
     def __init__(self, nvml: ModuleType, thread: LibraryThread, max_step_s: float) -> None:
         self._nvml = nvml

@@ -140,6 +140,7 @@ class SimulatedSource:
     """The `simulated` energy source: reads a `SimulatedFleet` at the clock's current instant."""
 
     name = "simulated"
+    reads_fresh = True
 
     def __init__(self, fleet: SimulatedFleet, clock: Callable[[], float] = time.time) -> None:
         self.fleet = fleet

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.accounting.book import Snapshot
+from exporter.model import Gpu
 
 TOKEN_TYPES = ("output", "input", "all")
 
@@ -27,6 +28,8 @@ class TargetHealth:
     """Unix time of the latest successful scrape."""
     errors: tuple[tuple[str, int], ...]
     """Failed scrapes so far, by reason."""
+    gpus: tuple[Gpu, ...] = ()
+    """The GPUs placed on this server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,8 @@ class SourceHealth:
     up: bool
     read_duration_s: float | None
     errors: tuple[tuple[str, int], ...]
+    refresh_s: float | None = None
+    """Observed time between changes of the source's values, for sources slower than our reads."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,7 @@ class TokenwattCollector(Collector):
         snap, health = self._snapshot()
         yield from self._gpu_metrics(snap)
         yield from self._server_metrics(snap)
+        yield from self._accounting_metrics(snap)
         yield from self._health_metrics(health)
 
     def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
@@ -69,18 +75,23 @@ class TokenwattCollector(Collector):
         energy = CounterMetricFamily(
             "tokenwatt_gpu_energy_joules",
             "Energy used by the GPU since tokenwatt started reading it.",
-            labels=labels,
+            labels=[*labels, "method"],
         )
         power = GaugeMetricFamily(
             "tokenwatt_gpu_power_watts", "GPU board power at the latest reading.", labels=labels
         )
+        last = GaugeMetricFamily(
+            "tokenwatt_gpu_last_reading_timestamp_seconds",
+            "Unix time of the GPU's latest energy reading (the source's own timestamp).",
+            labels=labels,
+        )
         for g in snap.gpus:
             values = [str(g.gpu.index), g.gpu.uuid, g.gpu.model]
-            energy.add_metric(values, g.energy_j)
+            energy.add_metric([*values, g.gpu.energy_method], g.energy_j)
+            last.add_metric(values, g.t)
             if g.power_w is not None:
                 power.add_metric(values, g.power_w)
-        yield energy
-        yield power
+        yield from (energy, power, last)
 
     def _server_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         energy = CounterMetricFamily(
@@ -149,6 +160,163 @@ class TokenwattCollector(Collector):
                         tpj.add_metric(labels, 1.0 / value)
         yield from (energy, tokens, requests, running, idle, idle_s, unmeasured, jpt, tpj)
 
+    def _accounting_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        """Idle and active figures, GPU attribution, the energy split, load bands, cost and carbon."""
+        yield from self._attribution_metrics(snap)
+        yield from self._split_metrics(snap)
+        yield from self._band_metrics(snap)
+        yield from self._cost_metrics(snap)
+
+    def _attribution_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        unattributed = CounterMetricFamily(
+            "tokenwatt_gpu_unattributed_energy_joules",
+            "GPU energy attributed to no server, up to the GPU's settled horizon.",
+            labels=["gpu", "uuid", "gpu_model"],
+        )
+        for g in snap.gpus:
+            unattributed.add_metric([str(g.gpu.index), g.gpu.uuid, g.gpu.model], g.unattributed_j)
+        active = GaugeMetricFamily(
+            "tokenwatt_active_joules_per_token",
+            "Joules per token over the window, idle intervals left out.",
+            labels=["server", "model", "token_type", "window"],
+        )
+        power = GaugeMetricFamily(
+            "tokenwatt_server_power_watts",
+            "Average power attributed to the server over the window (measured intervals).",
+            labels=["server", "window"],
+        )
+        idle_power = GaugeMetricFamily(
+            "tokenwatt_server_idle_power_watts",
+            "Loaded-idle power: idle energy divided by idle time within the window.",
+            labels=["server", "window"],
+        )
+        for s in snap.servers:
+            for sw in s.windows:
+                window = window_label(sw.window_s)
+                if sw.power_w is not None:
+                    power.add_metric([s.server, window], sw.power_w)
+                if sw.idle_power_w is not None:
+                    idle_power.add_metric([s.server, window], sw.idle_power_w)
+            for m in s.models:
+                for w in m.windows:
+                    for token_type in TOKEN_TYPES:
+                        value = w.active_joules_per_token(token_type)
+                        if value is not None and value > 0:
+                            labels = [s.server, m.model or "", token_type, window_label(w.window_s)]
+                            active.add_metric(labels, value)
+        yield from (unattributed, active, power, idle_power)
+
+    def _split_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        prefill = GaugeMetricFamily(
+            "tokenwatt_prefill_joules_per_token",
+            "Fitted energy per computed prompt token (prefix-cache hits excluded).",
+            labels=["server"],
+        )
+        decode = GaugeMetricFamily(
+            "tokenwatt_decode_joules_per_token", "Fitted energy per generated token.", labels=["server"]
+        )
+        static = GaugeMetricFamily(
+            "tokenwatt_static_power_watts", "Fitted power drawn whatever the load.", labels=["server"]
+        )
+        r_squared = GaugeMetricFamily(
+            "tokenwatt_energy_split_r_squared",
+            "Coefficient of determination (R squared) of the prefill/decode/static fit.",
+            labels=["server"],
+        )
+        samples = GaugeMetricFamily(
+            "tokenwatt_energy_split_samples",
+            "Intervals the prefill/decode/static fit used.",
+            labels=["server"],
+        )
+        for s in snap.servers:
+            if s.split is None:
+                continue
+            prefill.add_metric([s.server], s.split.prefill_j_per_token)
+            decode.add_metric([s.server], s.split.decode_j_per_token)
+            static.add_metric([s.server], s.split.static_w)
+            r_squared.add_metric([s.server], s.split.r_squared)
+            samples.add_metric([s.server], s.split.samples)
+        yield from (prefill, decode, static, r_squared, samples)
+
+    def _band_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        energy = CounterMetricFamily(
+            "tokenwatt_server_band_energy_joules",
+            "Energy of the intervals whose running requests fall in the load band.",
+            labels=["server", "model", "band"],
+        )
+        tokens = CounterMetricFamily(
+            "tokenwatt_server_band_tokens",
+            "Tokens of the intervals whose running requests fall in the load band.",
+            labels=["server", "model", "band", "token_type"],
+        )
+        jpt = GaugeMetricFamily(
+            "tokenwatt_band_joules_per_token",
+            "Joules per token over the window, within one load band.",
+            labels=["server", "model", "band", "token_type", "window"],
+        )
+        for s in snap.servers:
+            for m in s.models:
+                model = m.model or ""
+                for b in m.bands:
+                    energy.add_metric([s.server, model, b.band], b.energy_j)
+                    tokens.add_metric([s.server, model, b.band, "input"], b.input_tokens)
+                    tokens.add_metric([s.server, model, b.band, "output"], b.output_tokens)
+                    for w in b.windows:
+                        for token_type in TOKEN_TYPES:
+                            value = w.joules_per_token(token_type)
+                            if value is not None and value > 0:
+                                labels = [s.server, model, b.band, token_type, window_label(w.window_s)]
+                                jpt.add_metric(labels, value)
+        yield from (energy, tokens, jpt)
+
+    def _cost_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        tariff = snap.tariff
+        if tariff.price_per_kwh is not None and tariff.currency is not None:
+            cost = CounterMetricFamily(
+                "tokenwatt_server_energy_cost",
+                "Cost of the server's energy at the facility: energy * PUE * price per kWh.",
+                labels=["server", "model", "currency"],
+            )
+            per_token = GaugeMetricFamily(
+                "tokenwatt_cost_per_token",
+                "Cost per token over the window (idle included), in the configured currency.",
+                labels=["server", "model", "token_type", "window", "currency"],
+            )
+            for s in snap.servers:
+                for m in s.models:
+                    model = m.model or ""
+                    cost.add_metric([s.server, model, tariff.currency], tariff.cost(m.energy_j) or 0.0)
+                    for w in m.windows:
+                        for token_type in TOKEN_TYPES:
+                            jpt = w.joules_per_token(token_type)
+                            if jpt is not None and jpt > 0:
+                                window = window_label(w.window_s)
+                                labels = [s.server, model, token_type, window, tariff.currency]
+                                per_token.add_metric(labels, tariff.cost(jpt) or 0.0)
+            yield from (cost, per_token)
+        if tariff.grams_per_kwh is not None:
+            carbon = CounterMetricFamily(
+                "tokenwatt_server_carbon_grams",
+                "Carbon emitted for the server's energy: energy * PUE * grid gCO2e per kWh.",
+                labels=["server", "model"],
+            )
+            carbon_per_token = GaugeMetricFamily(
+                "tokenwatt_carbon_grams_per_token",
+                "Grams of CO2e per token over the window (idle included).",
+                labels=["server", "model", "token_type", "window"],
+            )
+            for s in snap.servers:
+                for m in s.models:
+                    model = m.model or ""
+                    carbon.add_metric([s.server, model], tariff.carbon_grams(m.energy_j) or 0.0)
+                    for w in m.windows:
+                        for token_type in TOKEN_TYPES:
+                            jpt = w.joules_per_token(token_type)
+                            if jpt is not None and jpt > 0:
+                                labels = [s.server, model, token_type, window_label(w.window_s)]
+                                carbon_per_token.add_metric(labels, tariff.carbon_grams(jpt) or 0.0)
+            yield from (carbon, carbon_per_token)
+
     def _health_metrics(self, health: Health) -> Iterator[Metric]:
         up = GaugeMetricFamily(
             "tokenwatt_target_up",
@@ -166,8 +334,15 @@ class TokenwattCollector(Collector):
         scrape_errors = CounterMetricFamily(
             "tokenwatt_target_scrape_errors", "Failed scrapes, by reason.", labels=["server", "reason"]
         )
+        gpu_info = GaugeMetricFamily(
+            "tokenwatt_server_gpu_info",
+            "1 for each GPU placed on the server; join on gpu/uuid to attribute GPU series to servers.",
+            labels=["server", "gpu", "uuid", "gpu_model"],
+        )
         for t in health.targets:
             up.add_metric([t.server], 1.0 if t.up else 0.0)
+            for g in t.gpus:
+                gpu_info.add_metric([t.server, str(g.index), g.uuid, g.model], 1.0)
             if t.scrape_duration_s is not None:
                 scrape_s.add_metric([t.server], t.scrape_duration_s)
             if t.last_success_t is not None:
@@ -189,8 +364,16 @@ class TokenwattCollector(Collector):
         )
         for reason, count in src.errors:
             read_errors.add_metric([src.source, reason], count)
+        refresh = GaugeMetricFamily(
+            "tokenwatt_energy_source_refresh_seconds",
+            "Observed time between changes of the energy source's values (a scraped dcgm-exporter).",
+            labels=["source"],
+        )
+        if src.refresh_s is not None:
+            refresh.add_metric([src.source], src.refresh_s)
         build = GaugeMetricFamily(
             "tokenwatt_build_info", "tokenwatt's version; always 1.", labels=["version"]
         )
         build.add_metric([health.version], 1.0)
-        yield from (up, scrape_s, last_scrape, scrape_errors, source_up, read_s, read_errors, build)
+        yield from (up, scrape_s, last_scrape, scrape_errors, gpu_info)
+        yield from (source_up, read_s, read_errors, refresh, build)
