@@ -7,7 +7,9 @@ seconds. The rows of one server that share a timestamp form one scrape.
 
 Readings and scrapes are fed to the same `Accountant` the daemon uses, in time order, settling
 after each as the daemon would, so a replay reproduces the live numbers. The gap limit is five
-times the median spacing of the energy readings, as in the daemon (five energy intervals).
+energy intervals, as in the daemon; the interval is taken as the 90th percentile of the spacing
+of the readings, because the daemon's extra readings around each scrape are milliseconds apart
+and would make a median far shorter than the periodic interval.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -187,8 +188,13 @@ def _gap_limit(energy: Sequence[GpuSample]) -> float:
     by_gpu: dict[str, list[float]] = defaultdict(list)
     for s in energy:
         by_gpu[s.gpu.uuid].append(s.t)
-    spacings = [statistics.median(b - a for a, b in pairwise(ts)) for ts in by_gpu.values() if len(ts) > 1]
+    spacings = [_p90([b - a for a, b in pairwise(ts)]) for ts in by_gpu.values() if len(ts) > 1]
     return GAP_INTERVALS * max(spacings) if spacings else math.inf
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.9 * (len(ordered) - 1))]
 
 
 def _span(energy: Sequence[GpuSample], tokens: Sequence[TokenSample]) -> float:

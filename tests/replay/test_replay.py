@@ -166,3 +166,28 @@ def test_the_command_exits_2_on_a_missing_file(traces: tuple[Path, Path]) -> Non
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"tokenwatt replay: {missing}: cannot read the file")
+
+
+def test_readings_around_scrapes_do_not_shrink_the_gap_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As the daemon records them: a periodic reading every second, plus a reading 5 ms before
+    # and after each scrape. Three servers scraped at the same instants put four readings within
+    # 10 ms of each other every second; the periodic one-second spacing is still no gap.
+    energy = tmp_path / "e.csv"
+    tokens = tmp_path / "t.csv"
+    e_rows, t_rows = ["timestamp,gpu,energy_joules"], ["timestamp,server,model,input_tokens,output_tokens"]
+    for step in range(60):
+        t = 1000.0 + step
+        for instant in (t, t + 0.495, t + 0.496, t + 0.504, t + 0.505):
+            e_rows.append(f"{instant:.3f},0,{100.0 * (instant - 1000.0):.3f}")  # a steady 100 W
+        for server in ("a", "b", "c"):
+            t_rows.append(f"{t + 0.5:.3f},{server},m,{20 * step},{10 * step}")
+    energy.write_text("\n".join(e_rows) + "\n")
+    tokens.write_text("\n".join(t_rows) + "\n")
+    results = _replay_json(capsys, "--energy", str(energy), "--tokens", str(tokens))
+    for server in ("a", "b", "c"):
+        result = results[server]
+        # 59 one-second intervals at 100 W, one GPU shared by three servers in equal shares.
+        assert result["energy_joules"] == pytest.approx(100.0 * 59 / 3, rel=1e-6)
+        assert result["output_tokens"] == 590
