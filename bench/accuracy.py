@@ -3,7 +3,10 @@
     python3 bench/accuracy.py [--energy-interval SECONDS]
 
 For every scenario of `traces.py` this runs the real `Accountant` the way the daemon drives it
-(readings and scrapes fed in the order they arrive, settled as they come) and an emulation of
+(readings and scrapes fed in the order they arrive, settled as they come), twice: with energy
+also read right before and after every scrape (the daemon with a source that reads fresh: NVML,
+AMD) and with the periodic reads only (a source that refreshes on its own schedule: DCGM
+watches). It compares both with an emulation of
 
     sum(rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[w])) / 1000 / rate(<output tokens>[w])
 
@@ -102,12 +105,18 @@ def run_tokenwatt(
     energy_seed: int,
     windows: tuple[float, ...],
     energy_interval_s: float = 1.0,
+    periodic_only: bool = False,
 ) -> tuple[dict[str, dict[float, Errors]], list[FitError]]:
+    """Feed the `Accountant` as the daemon does; energy is also read around every scrape unless
+    `periodic_only` (a source that refreshes on its own schedule, such as DCGM watches)."""
     scenario = truth.scenario
     gpus = [Gpu(g, f"GPU-{g}", "simulated") for g in range(scenario.gpus)]
     acc = Accountant([s.name for s in scenario.servers], windows, 5 * energy_interval_s)
     acc.set_placement(Placement({s.name: frozenset(f"GPU-{g}" for g in s.gpus) for s in scenario.servers}))
-    readings = tokenwatt_energy(truth, random.Random(energy_seed), energy_interval_s)
+    readings = tokenwatt_energy(
+        truth, random.Random(energy_seed), energy_interval_s, () if periodic_only else scrapes
+    )
+    # A reading taken right after a response is applied before that scrape's tokens (kind 0 < 1).
     events: list[tuple[float, int, object]] = [(r.t, 0, r) for r in readings]
     events += [(s.arrival, 1, s) for s in scrapes]
     evaluations = [
@@ -270,36 +279,54 @@ def _pct(x: float) -> str:
     return f"{100 * x:.3f} %" if x < 0.1 else f"{100 * x:.1f} %"
 
 
+def _fit_row(scenario: str, f: FitError) -> str:
+    return (
+        f"| {scenario} | {f.server} | {100 * f.prefill:+.1f} % | {100 * f.decode:+.1f} % "
+        f"| {100 * f.static:+.1f} % | {100 * f.worst_prefill:.1f} % | {100 * f.worst_decode:.1f} % "
+        f"| {100 * f.worst_static:.1f} % | {f.r_squared:.4f} | {f.samples} |"
+    )
+
+
+def _worst(e: Errors) -> str:
+    return f"{_pct(e.worst)} ({e.worst_tokens:,.0f} tokens)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--energy-interval", type=float, default=1.0, metavar="SECONDS", help="tokenwatt's energy reads"
+        "--energy-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="tokenwatt's periodic energy reads",
     )
     interval = parser.parse_args().energy_interval
-    print(f"tokenwatt reads energy every {interval:g} s\n")
-    rows, fit_rows, completion_rows = [], [], []
+    print(f"tokenwatt reads energy every {interval:g} s (and around every scrape in daemon mode)\n")
+    rows, summary, fit_rows, periodic_fit_rows, completion_rows = [], [], [], [], []
     for scenario in SCENARIOS:
         truth = simulate(scenario)
         realtime = tokenwatt_scrapes(truth, random.Random(scenario.seed + 100))
-        tw, fits = run_tokenwatt(truth, realtime, scenario.seed + 200, WINDOWS_S, interval)
+        daemon, fits = run_tokenwatt(truth, realtime, scenario.seed + 200, WINDOWS_S, interval)
+        periodic, periodic_fits = run_tokenwatt(
+            truth, realtime, scenario.seed + 200, WINDOWS_S, interval, periodic_only=True
+        )
         recipe = run_recipe(
             truth, scenario.seed + 300, completion=any(s.completion_counters for s in scenario.servers)
         )
         for server in truth.servers:
+            cells = []
             for w in WINDOWS_S:
-                a, b = tw[server][w], recipe[server][w]
+                a, p, b = daemon[server][w], periodic[server][w], recipe[server][w]
                 ratio = b.worst / a.worst if a.worst > 0 else float("inf")
                 rows.append(
                     f"| {scenario.name} | {server} | {w:.0f} s | {_pct(a.median)} | {_pct(a.p99)} "
-                    f"| {_pct(a.worst)} ({a.worst_tokens:,.0f} tokens) | {_pct(b.median)} | {_pct(b.worst)} "
-                    f"| {ratio:,.0f} | {len(a.values)} |"
+                    f"| {_worst(a)} | {_pct(p.median)} | {_worst(p)} | {_pct(b.median)} "
+                    f"| {_pct(b.worst)} | {ratio:,.0f} | {len(a.values)} |"
                 )
-        for f in fits:
-            fit_rows.append(
-                f"| {scenario.name} | {f.server} | {100 * f.prefill:+.1f} % | {100 * f.decode:+.1f} % "
-                f"| {100 * f.static:+.1f} % | {100 * f.worst_prefill:.1f} % | {100 * f.worst_decode:.1f} % "
-                f"| {100 * f.worst_static:.1f} % | {f.r_squared:.4f} | {f.samples} |"
-            )
+                cells += [_pct(a.worst), _pct(p.worst), _pct(b.worst)]
+            summary.append(f"| {scenario.name} | {server} | {' | '.join(cells)} |")
+        fit_rows += [_fit_row(scenario.name, f) for f in fits]
+        periodic_fit_rows += [_fit_row(scenario.name, f) for f in periodic_fits]
         if any(s.completion_counters for s in scenario.servers):
             plain = tokenwatt_scrapes(truth, random.Random(scenario.seed + 100), completion=True)
             on_completion, _ = run_tokenwatt(
@@ -312,19 +339,30 @@ def main() -> None:
                         f"| {_pct(e.worst)} |"
                     )
     print(
-        "| scenario | server | window | tokenwatt median | tokenwatt p99 "
-        "| tokenwatt worst (tokens in that window) | recipe median | recipe worst "
-        "| recipe worst / tokenwatt worst | evaluations |"
+        "| scenario | server | window | daemon median | daemon p99 | daemon worst (tokens in that window) "
+        "| periodic-only median | periodic-only worst (tokens in that window) | recipe median "
+        "| recipe worst | recipe worst / daemon worst | evaluations |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     print()
     print(
-        "| scenario | server | prefill (end) | decode (end) | static (end) | prefill worst | decode worst "
-        "| static worst | R² (end) | samples (end) |"
+        "| scenario | server | 60 s: daemon | 60 s: periodic-only | 60 s: recipe "
+        "| 5 min: daemon | 5 min: periodic-only | 5 min: recipe |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(summary))
+    fit_header = (
+        "| scenario | server | prefill (end) | decode (end) | static (end) | prefill worst | decode worst "
+        "| static worst | R² (end) | samples (end) |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    print("\nFit, daemon:\n")
+    print(fit_header)
     print("\n".join(fit_rows))
+    print("\nFit, periodic reads only:\n")
+    print(fit_header)
+    print("\n".join(periodic_fit_rows))
     print()
     print("| scenario | server | window | median | p95 | worst |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -8,16 +8,19 @@ constant within a grid step, so cumulative energy and tokens are exact at any in
 the ground truth.
 
 From the truth the generator derives what each observer would see:
-- tokenwatt: energy read every second per GPU (small timing noise), and each server's metrics
-  page scraped every second with up to 300 ms of jitter; the counters are read at an unknown
-  instant inside a 5-40 ms request whose midpoint is the recorded instant.
+- tokenwatt: each server's metrics page scraped every second with up to 300 ms of jitter; the
+  counters are read at an unknown instant inside a 5-40 ms request whose midpoint is the recorded
+  instant. Energy is read every second per GPU (small timing noise) and, for sources whose every
+  read asks the hardware (NVML, AMD), also right before each scrape is sent and right after its
+  response arrives, as the daemon does; a source that refreshes on its own schedule (DCGM
+  watches) gives the periodic reads only.
 - the usual PromQL recipe: dcgm-exporter refreshing its energy value every 30 s, Prometheus
   scraping it and the server every 15 s.
 Counter resets on both sides (server restarts with downtime, energy counters restarting from zero)
 and completion-time token counters (SGLang's `*_tokens_total`) are part of some scenarios.
 
-`python bench/traces.py SCENARIO DIR` writes the tokenwatt view as `E.csv` and `T.csv` for
-`tokenwatt replay`.
+`python bench/traces.py SCENARIO DIR [--periodic-only]` writes the tokenwatt view as `E.csv` and
+`T.csv` for `tokenwatt replay` (with energy read around every scrape unless `--periodic-only`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import csv
 import math
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,6 +269,8 @@ class EnergyReading:
 class Scrape:
     t: float
     """The recorded instant (midpoint of the request)."""
+    sent: float
+    """When the request was sent."""
     arrival: float
     """When the response was complete (when the sample can be used)."""
     server: str
@@ -284,17 +289,32 @@ def energy_counter(truth: Truth, gpu: int, t: float) -> float:
     return 5.0e8 + 1.0e7 * gpu + e.at(t)
 
 
-def tokenwatt_energy(truth: Truth, rng: random.Random, interval_s: float = 1.0) -> list[EnergyReading]:
+def tokenwatt_energy(
+    truth: Truth, rng: random.Random, interval_s: float = 1.0, beside: Sequence[Scrape] = ()
+) -> list[EnergyReading]:
+    """Periodic readings of every GPU, plus readings of every GPU just before and after `beside`.
+
+    The daemon reads the whole source around each successful scrape when the source reads fresh:
+    right before sending the request and right after the response, so the scrape's recorded
+    instant (the midpoint) lies between readings one request duration apart.
+    """
     readings = []
     for g in range(truth.scenario.gpus):
         offset = rng.uniform(0, interval_s)
         t = offset
         while t < truth.scenario.duration_s - 1:
             at = t + rng.uniform(-0.02, 0.02)
-            readings.append(EnergyReading(at, g, round(energy_counter(truth, g, at), 3)))
+            readings.append(_reading(truth, g, at))
             t += interval_s
+    for s in beside:
+        for at in (s.sent, s.arrival):
+            readings.extend(_reading(truth, g, at) for g in range(truth.scenario.gpus))
     readings.sort(key=lambda r: r.t)
     return readings
+
+
+def _reading(truth: Truth, gpu: int, t: float) -> EnergyReading:
+    return EnergyReading(t, gpu, round(energy_counter(truth, gpu, t), 3))
 
 
 def token_counters(server: ServerTruth, t: float, completion: bool) -> tuple[float, float, float]:
@@ -333,6 +353,7 @@ def tokenwatt_scrapes(
             scrapes.append(
                 Scrape(
                     start + duration / 2,
+                    start,
                     start + duration,
                     name,
                     inputs,
@@ -345,15 +366,20 @@ def tokenwatt_scrapes(
     return scrapes
 
 
-def write_csv(truth: Truth, directory: Path, seed: int = 7) -> None:
-    """Write the tokenwatt view of a scenario as `E.csv` and `T.csv` for `tokenwatt replay`."""
+def write_csv(truth: Truth, directory: Path, seed: int = 7, periodic_only: bool = False) -> None:
+    """Write the tokenwatt view of a scenario as `E.csv` and `T.csv` for `tokenwatt replay`.
+
+    Energy is read around every scrape too, as the daemon does with NVML or AMD, unless
+    `periodic_only` (what a DCGM source gives).
+    """
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
+    scrapes = tokenwatt_scrapes(truth, rng)
     with (directory / "E.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "gpu", "energy_joules"])
-        for r in tokenwatt_energy(truth, rng):
-            w.writerow([f"{r.t:.3f}", r.gpu, f"{r.joules:.3f}"])
+        for r in tokenwatt_energy(truth, rng, beside=() if periodic_only else scrapes):
+            w.writerow([f"{r.t:.4f}", r.gpu, f"{r.joules:.3f}"])
     with (directory / "T.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -367,7 +393,7 @@ def write_csv(truth: Truth, directory: Path, seed: int = 7) -> None:
                 "running",
             ]
         )
-        for s in sorted(tokenwatt_scrapes(truth, rng), key=lambda s: (s.server, s.t)):
+        for s in sorted(scrapes, key=lambda s: (s.server, s.t)):
             w.writerow(
                 [
                     f"{s.t:.4f}",
@@ -519,6 +545,7 @@ def scenario(name: str) -> Scenario:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python bench/traces.py SCENARIO DIR")
-    write_csv(simulate(scenario(sys.argv[1])), Path(sys.argv[2]))
+    args = [a for a in sys.argv[1:] if a != "--periodic-only"]
+    if len(args) != 2:
+        raise SystemExit("usage: python bench/traces.py SCENARIO DIR [--periodic-only]")
+    write_csv(simulate(scenario(args[0])), Path(args[1]), periodic_only="--periodic-only" in sys.argv)
