@@ -13,7 +13,7 @@ import asyncio
 import time
 
 from exporter.app import Daemon, serve_until_signalled
-from exporter.config import CarbonConfig, PricingConfig
+from exporter.config import CarbonConfig, EnergySplitConfig, PricingConfig
 from exporter.demo import SimulatedVllmServer, demo_config
 from exporter.energy.select import simulated_fleet
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedSource
@@ -28,8 +28,10 @@ async def run_priced_demo(stop: asyncio.Event, listen: str) -> None:
     inference = SimulatedVllmServer(schedule)
     url = await inference.start()
     try:
+        # One-second fit blocks: the prefill/decode fit reports after 20 s instead of 100 s.
+        split = EnergySplitConfig.model_validate({"block": "1s"})
         config = demo_config(url, listen).model_copy(
-            update={"pricing": PRICING, "carbon": CARBON, "pue": PUE}
+            update={"pricing": PRICING, "carbon": CARBON, "pue": PUE, "energy_split": split}
         )
         daemon = Daemon(config, SimulatedSource(simulated_fleet(config.energy, schedule)))
         await daemon.run(stop)
