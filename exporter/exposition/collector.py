@@ -7,16 +7,30 @@ instant and `rate(energy) / rate(tokens)` is exact over any range.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.accounting.book import Snapshot
+from exporter.accounting.book import Snapshot, WindowFigures
 from exporter.model import Gpu
 
 TOKEN_TYPES = ("output", "input", "all")
+
+
+def positive_ratios(
+    windows: Iterable[WindowFigures], ratio: Callable[[WindowFigures, str], float | None]
+) -> Iterator[tuple[str, str, float]]:
+    """(token_type, window label, value) of every per-token ratio that has a positive value.
+
+    A window without tokens of a type has no ratio, and gets no sample rather than NaN or +Inf.
+    """
+    for w in windows:
+        for token_type in TOKEN_TYPES:
+            value = ratio(w, token_type)
+            if value is not None and value > 0:
+                yield token_type, window_label(w.window_s), value
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,14 +164,10 @@ class TokenwattCollector(Collector):
                     requests.add_metric([s.server, model], m.requests)
                 if m.running is not None:
                     running.add_metric([s.server, model], m.running)
-                for w in m.windows:
-                    for token_type in TOKEN_TYPES:
-                        value = w.joules_per_token(token_type)
-                        if value is None or value <= 0:
-                            continue
-                        labels = [s.server, model, token_type, window_label(w.window_s)]
-                        jpt.add_metric(labels, value)
-                        tpj.add_metric(labels, 1.0 / value)
+                for token_type, window, value in positive_ratios(m.windows, WindowFigures.joules_per_token):
+                    labels = [s.server, model, token_type, window]
+                    jpt.add_metric(labels, value)
+                    tpj.add_metric(labels, 1.0 / value)
         yield from (energy, tokens, requests, running, idle, idle_s, unmeasured, jpt, tpj)
 
     def _accounting_metrics(self, snap: Snapshot) -> Iterator[Metric]:
@@ -198,12 +208,9 @@ class TokenwattCollector(Collector):
                 if sw.idle_power_w is not None:
                     idle_power.add_metric([s.server, window], sw.idle_power_w)
             for m in s.models:
-                for w in m.windows:
-                    for token_type in TOKEN_TYPES:
-                        value = w.active_joules_per_token(token_type)
-                        if value is not None and value > 0:
-                            labels = [s.server, m.model or "", token_type, window_label(w.window_s)]
-                            active.add_metric(labels, value)
+                ratios = positive_ratios(m.windows, WindowFigures.active_joules_per_token)
+                for token_type, window, value in ratios:
+                    active.add_metric([s.server, m.model or "", token_type, window], value)
         yield from (unattributed, active, power, idle_power)
 
     def _split_metrics(self, snap: Snapshot) -> Iterator[Metric]:
@@ -261,12 +268,10 @@ class TokenwattCollector(Collector):
                     energy.add_metric([s.server, model, b.band], b.energy_j)
                     tokens.add_metric([s.server, model, b.band, "input"], b.input_tokens)
                     tokens.add_metric([s.server, model, b.band, "output"], b.output_tokens)
-                    for w in b.windows:
-                        for token_type in TOKEN_TYPES:
-                            value = w.joules_per_token(token_type)
-                            if value is not None and value > 0:
-                                labels = [s.server, model, b.band, token_type, window_label(w.window_s)]
-                                jpt.add_metric(labels, value)
+                    for token_type, window, value in positive_ratios(
+                        b.windows, WindowFigures.joules_per_token
+                    ):
+                        jpt.add_metric([s.server, model, b.band, token_type, window], value)
         yield from (energy, tokens, jpt)
 
     def _cost_metrics(self, snap: Snapshot) -> Iterator[Metric]:
@@ -286,13 +291,9 @@ class TokenwattCollector(Collector):
                 for m in s.models:
                     model = m.model or ""
                     cost.add_metric([s.server, model, tariff.currency], tariff.cost(m.energy_j) or 0.0)
-                    for w in m.windows:
-                        for token_type in TOKEN_TYPES:
-                            jpt = w.joules_per_token(token_type)
-                            if jpt is not None and jpt > 0:
-                                window = window_label(w.window_s)
-                                labels = [s.server, model, token_type, window, tariff.currency]
-                                per_token.add_metric(labels, tariff.cost(jpt) or 0.0)
+                    for token_type, window, jpt in positive_ratios(m.windows, WindowFigures.joules_per_token):
+                        labels = [s.server, model, token_type, window, tariff.currency]
+                        per_token.add_metric(labels, tariff.cost(jpt) or 0.0)
             yield from (cost, per_token)
         if tariff.grams_per_kwh is not None:
             carbon = CounterMetricFamily(
@@ -309,12 +310,9 @@ class TokenwattCollector(Collector):
                 for m in s.models:
                     model = m.model or ""
                     carbon.add_metric([s.server, model], tariff.carbon_grams(m.energy_j) or 0.0)
-                    for w in m.windows:
-                        for token_type in TOKEN_TYPES:
-                            jpt = w.joules_per_token(token_type)
-                            if jpt is not None and jpt > 0:
-                                labels = [s.server, model, token_type, window_label(w.window_s)]
-                                carbon_per_token.add_metric(labels, tariff.carbon_grams(jpt) or 0.0)
+                    for token_type, window, jpt in positive_ratios(m.windows, WindowFigures.joules_per_token):
+                        labels = [s.server, model, token_type, window]
+                        carbon_per_token.add_metric(labels, tariff.carbon_grams(jpt) or 0.0)
             yield from (carbon, carbon_per_token)
 
     def _health_metrics(self, health: Health) -> Iterator[Metric]:
