@@ -25,7 +25,7 @@ from pathlib import Path
 
 from exporter.accounting.book import Accountant, ModelFigures, ServerFigures
 from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
-from exporter.placement import Placement
+from exporter.placement import Holding, Placement
 
 ENERGY_COLUMNS = ("timestamp", "gpu", "energy_joules")
 TOKEN_COLUMNS = ("timestamp", "server", "model", "input_tokens", "output_tokens")
@@ -153,9 +153,7 @@ def replay(
     span = _span(energy, tokens)
     gap_limit = _gap_limit(energy)
     acc = Accountant(servers, [], gap_limit, split_window_s=span + 1.0, hold_s=math.inf)
-    acc.set_placement(
-        Placement({s: frozenset(mapping[s]) if s in mapping else frozenset(gpus) for s in servers})
-    )
+    acc.set_placement(Placement({s: frozenset(Holding(u) for u in mapping.get(s, gpus)) for s in servers}))
     for now, event in _timeline(energy, tokens):
         if isinstance(event, list):
             acc.add_tokens(event)

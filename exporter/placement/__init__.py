@@ -8,17 +8,37 @@ the shares add up to one and no joule is counted twice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from exporter.model import Gpu
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Holding:
+    """One device a server holds on one physical GPU: the whole GPU (or a time-sliced replica of it),
+    or one MIG GPU instance of it. Energy is measured per physical GPU, so `uuid` is always the
+    physical GPU's UUID as the energy source reports it."""
+
+    uuid: str
+    mig_instance: int | None = None
+    """The MIG GPU instance ID; None when the server holds the whole GPU or a replica of it."""
+    mig_slices: int | None = None
+    """Compute slices of that MIG instance's profile (3 for `3g.40gb`, of 7); None without MIG."""
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """GPU UUIDs per server, and each server's share of each GPU."""
+    """The devices each server holds, and each server's share of each GPU."""
 
-    gpus: Mapping[str, frozenset[str]]
-    """Server name -> UUIDs of the GPUs serving it."""
+    holdings: Mapping[str, frozenset[Holding]]
+    """Server name -> the devices serving it."""
+
+    gpus: Mapping[str, frozenset[str]] = field(init=False, compare=False)
+    """Server name -> UUIDs of the physical GPUs serving it (derived from `holdings`)."""
+
+    def __post_init__(self) -> None:
+        gpus = {server: frozenset(h.uuid for h in held) for server, held in self.holdings.items()}
+        object.__setattr__(self, "gpus", gpus)
 
     def share(self, server: str, uuid: str) -> float:
         """The fraction of GPU `uuid`'s energy that belongs to `server` (equal split)."""
@@ -41,11 +61,11 @@ def place_static(
     """Resolve each server's configured GPUs (indices or UUIDs; None means all) against the GPUs seen."""
     by_index = {g.index: g.uuid for g in gpus}
     by_uuid = {g.uuid.lower(): g.uuid for g in gpus}
-    placed: dict[str, frozenset[str]] = {}
+    placed: dict[str, frozenset[Holding]] = {}
     unmatched: list[Unmatched] = []
     for server, wanted in selectors.items():
         if wanted is None:
-            placed[server] = frozenset(by_uuid.values())
+            placed[server] = frozenset(Holding(u) for u in by_uuid.values())
             continue
         uuids: set[str] = set()
         for selector in wanted:
@@ -54,5 +74,5 @@ def place_static(
                 unmatched.append(Unmatched(server, selector))
             else:
                 uuids.add(uuid)
-        placed[server] = frozenset(uuids)
+        placed[server] = frozenset(Holding(u) for u in uuids)
     return Placement(placed), unmatched

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exporter.accounting.book import Accountant
 from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
-from exporter.placement import Placement
+from exporter.placement import Holding, Placement
 
 GPU0 = Gpu(0, "GPU-00000000-0000-0000-0000-000000000000", "Test GPU")
 GPU1 = Gpu(1, "GPU-11111111-1111-1111-1111-111111111111", "Test GPU")
@@ -30,4 +30,4 @@ def scrape(
 
 
 def place(acc: Accountant, **servers: list[Gpu]) -> None:
-    acc.set_placement(Placement({s: frozenset(g.uuid for g in gpus) for s, gpus in servers.items()}))
+    acc.set_placement(Placement({s: frozenset(Holding(g.uuid) for g in gpus) for s, gpus in servers.items()}))

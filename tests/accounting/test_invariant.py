@@ -17,7 +17,7 @@ from pytest import approx
 
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.model import GpuSample, ModelTokens, TokenSample
-from exporter.placement import Placement
+from exporter.placement import Holding, Placement
 from tests.accounting.builders import GPU0, GPU1
 
 GPUS = (GPU0, GPU1)
@@ -65,7 +65,7 @@ PLACEMENTS = (
 
 def _placement(choice: int) -> Placement:
     chosen = PLACEMENTS[choice % len(PLACEMENTS)]
-    return Placement({s: frozenset(g.uuid for g in chosen[s]) for s in SERVERS})
+    return Placement({s: frozenset(Holding(g.uuid) for g in chosen[s]) for s in SERVERS})
 
 
 def _cumulative(snap: Snapshot) -> dict[tuple[str, ...], float]:
