@@ -68,3 +68,23 @@ class TokenSample:
     server: str
     t: float
     tokens: ModelTokens
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    """One MIG device (a GPU instance, with its compute instance) on a physical GPU.
+
+    Energy is measured only for the parent GPU; placement maps a MIG device ID (`MIG-<uuid>`, or GKE's
+    `nvidiaN/giM`) to its parent and instance through these.
+    """
+
+    uuid: str
+    """The MIG device UUID, `MIG-<uuid>`, as NVML and the device plugins name it."""
+    parent_uuid: str
+    """UUID of the physical GPU it is carved from."""
+    gpu_instance: int
+    """The GPU instance ID (`GPU_I_ID` in dcgm-exporter's labels)."""
+    profile: str
+    """The MIG profile, e.g. `3g.40gb`."""
+    slices: int
+    """Compute slices of the profile (3 for `3g.40gb`), of the GPU's 7."""

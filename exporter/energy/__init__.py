@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from exporter.model import GpuSample
+from exporter.model import GpuSample, MigDevice
 
 
 class EnergyReadError(Exception):
@@ -72,4 +72,14 @@ class RefreshObserving(Protocol):
     @property
     def refresh_period_s(self) -> float | None:
         """The observed time between two changes of the values; None until two changes were seen."""
+        ...
+
+
+@runtime_checkable
+class MigReporting(Protocol):
+    """A source that knows the MIG devices of its GPUs (empty where MIG is off)."""
+
+    @property
+    def mig_devices(self) -> tuple[MigDevice, ...]:
+        """The MIG devices of the GPUs read, as last seen."""
         ...
