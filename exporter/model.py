@@ -88,3 +88,14 @@ class MigDevice:
     """The MIG profile, e.g. `3g.40gb`."""
     slices: int
     """Compute slices of the profile (3 for `3g.40gb`), of the GPU's 7."""
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """A Kubernetes pod that serves a server. Pods are matched by namespace and name; `uid` is known
+    where a source gives it (the Downward API, the Kubernetes API) and is what `/proc/<pid>/cgroup`
+    names, so per-process GPU activity maps to a pod through it."""
+
+    namespace: str
+    name: str
+    uid: str | None = None

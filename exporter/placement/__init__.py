@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.model import Gpu
+from exporter.model import Gpu, PodRef
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -32,6 +32,9 @@ class Placement:
 
     holdings: Mapping[str, frozenset[Holding]]
     """Server name -> the devices serving it."""
+
+    pods: Mapping[str, PodRef] = field(default_factory=dict)
+    """Server name -> the pod it runs in, for servers that are Kubernetes pods."""
 
     gpus: Mapping[str, frozenset[str]] = field(init=False, compare=False)
     """Server name -> UUIDs of the physical GPUs serving it (derived from `holdings`)."""
