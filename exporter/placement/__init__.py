@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from exporter.model import Gpu, PodRef
+from exporter.model import Gpu, MigDevice, PodRef
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -59,23 +59,25 @@ class Unmatched:
 
 
 def place_static(
-    selectors: Mapping[str, Sequence[int | str] | None], gpus: Sequence[Gpu]
+    selectors: Mapping[str, Sequence[int | str] | None], gpus: Sequence[Gpu], migs: Sequence[MigDevice] = ()
 ) -> tuple[Placement, list[Unmatched]]:
-    """Resolve each server's configured GPUs (indices or UUIDs; None means all) against the GPUs seen."""
-    by_index = {g.index: g.uuid for g in gpus}
-    by_uuid = {g.uuid.lower(): g.uuid for g in gpus}
+    """Resolve each server's configured GPUs (indices, GPU or MIG UUIDs; None means all) against the
+    GPUs and MIG devices seen."""
+    from exporter.placement.devices import DeviceResolver  # it builds Holdings: imported once both exist
+
+    resolver = DeviceResolver(gpus, migs)
     placed: dict[str, frozenset[Holding]] = {}
     unmatched: list[Unmatched] = []
     for server, wanted in selectors.items():
         if wanted is None:
-            placed[server] = frozenset(Holding(u) for u in by_uuid.values())
+            placed[server] = frozenset(Holding(g.uuid) for g in gpus)
             continue
-        uuids: set[str] = set()
+        held: set[Holding] = set()
         for selector in wanted:
-            uuid = by_index.get(selector) if isinstance(selector, int) else by_uuid.get(selector.lower())
-            if uuid is None:
+            holding = resolver.resolve(selector)
+            if holding is None:
                 unmatched.append(Unmatched(server, selector))
             else:
-                uuids.add(uuid)
-        placed[server] = frozenset(Holding(u) for u in uuids)
+                held.add(holding)
+        placed[server] = frozenset(held)
     return Placement(placed), unmatched
