@@ -6,6 +6,7 @@ allowed, so `tokenwatt check-config` can print one actionable line per problem.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.model import PodRef
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
 
 DEFAULT_PORT = 9839
@@ -30,6 +32,9 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z-]+")
+_POD_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_POD_NAME = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9.-]+/[A-Za-z0-9._-]+")
 
 
 class ConfigError(Exception):
@@ -247,6 +252,23 @@ class GenericConfig(_Strict):
         )
 
 
+def _pod(value: object) -> str:
+    if isinstance(value, str) and value.count("/") == 1:
+        namespace, name = value.split("/")
+        if _POD_NAMESPACE.fullmatch(namespace) and _POD_NAME.fullmatch(name):
+            return value
+    raise ValueError(
+        f"expected NAMESPACE/NAME of a pod (lower-case letters, digits, - and .), such as llm/vllm-0, "
+        f"got {value!r}"
+    )
+
+
+def _resource_name(value: object) -> str:
+    if not isinstance(value, str) or not _RESOURCE_NAME.fullmatch(value):
+        raise ValueError(f"expected an extended resource name such as example.com/gpu, got {value!r}")
+    return value
+
+
 class ServerConfig(_Strict):
     name: Annotated[str, BeforeValidator(_server_name)]
     url: Annotated[str, BeforeValidator(_url)]
@@ -258,9 +280,23 @@ class ServerConfig(_Strict):
     max_page_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     generic: GenericConfig | None = None
     """The families to read; required by `kind: generic` and only allowed with it."""
+    pod: Annotated[str, BeforeValidator(_pod)] | None = None
+    """NAMESPACE/NAME of the pod the server runs in; its GPUs come from the kubelet."""
+
+    @property
+    def pod_ref(self) -> PodRef | None:
+        if self.pod is None:
+            return None
+        namespace, name = self.pod.split("/")
+        return PodRef(namespace, name)
 
     @model_validator(mode="after")
     def _check_generic(self) -> ServerConfig:
+        if self.pod is not None and self.gpus is not None:
+            raise ValueError(
+                f"gpus: {self.gpus!r} and pod: {self.pod!r} are both set; give one: pod: takes the pod's "
+                "GPUs from the kubelet, gpus: lists them"
+            )
         if self.kind == GENERIC_KIND and self.generic is None:
             raise ValueError(
                 "kind: generic needs a generic: mapping that names at least input_tokens and output_tokens"
@@ -273,6 +309,24 @@ class ServerConfig(_Strict):
     def token_kind(self) -> str | ServerProfile:
         """How the scraper reads the page: `auto`, a built-in kind, or the generic profile."""
         return self.generic.profile() if self.generic is not None else self.kind
+
+
+class KubeletConfig(_Strict):
+    socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    """The kubelet's pod-resources socket (mount its directory, not the file)."""
+    interval: Duration = 10.0
+    """How often the pods' devices are asked for (again at once when a server restarts)."""
+    timeout: Duration = 5.0
+    """Deadline of each call to the kubelet."""
+    resources: list[Annotated[str, BeforeValidator(_resource_name)]] = Field(default_factory=list)
+    """Resource names to place besides nvidia.com/gpu, nvidia.com/gpu.shared, nvidia.com/mig-* and
+    amd.com/gpu (e.g. a renamed nvidia.com/a100)."""
+
+
+class PlacementConfig(_Strict):
+    source: Literal["static", "kubelet"] = "static"
+    """`static`: each server's gpus: (all GPUs without it); `kubelet`: the GPUs of each server's pod."""
+    kubelet: KubeletConfig = KubeletConfig()
 
 
 class LoggingConfig(_Strict):
@@ -329,6 +383,40 @@ class Config(_Strict):
     """Power usage effectiveness of the facility (total energy / IT energy), for cost and carbon."""
     pricing: PricingConfig | None = None
     carbon: CarbonConfig | None = None
+    placement: PlacementConfig = PlacementConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pods_from_environment(cls, data: object) -> object:
+        """With kubelet placement, a server without pod: or gpus: is the pod named by the Downward API."""
+        namespace, name = os.environ.get("POD_NAMESPACE"), os.environ.get("POD_NAME")
+        if not (namespace and name and isinstance(data, dict)):
+            return data
+        placement, servers = data.get("placement"), data.get("servers")
+        if not (isinstance(placement, dict) and placement.get("source") == "kubelet"):
+            return data
+        if not isinstance(servers, list):
+            return data
+        pod = f"{namespace}/{name}"
+        unplaced = [isinstance(s, dict) and not {"pod", "gpus"} & s.keys() for s in servers]
+        servers = [{**s, "pod": pod} if bare else s for s, bare in zip(servers, unplaced, strict=True)]
+        return {**data, "servers": servers}
+
+    @model_validator(mode="after")
+    def _check_pods(self) -> Config:
+        kubelet = self.placement.source == "kubelet"
+        for i, s in enumerate(self.servers):
+            if s.pod is not None and not kubelet:
+                raise ValueError(
+                    f"servers[{i}].pod: {s.pod!r} needs placement.source: kubelet "
+                    f"(it is {self.placement.source!r}); with static placement list gpus: instead"
+                )
+            if kubelet and s.pod is None and s.gpus is None:
+                raise ValueError(
+                    f"servers[{i}] ({s.name}): with placement.source: kubelet give pod: NAMESPACE/NAME, "
+                    "or set POD_NAMESPACE and POD_NAME (the Downward API), or list gpus:"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Config:

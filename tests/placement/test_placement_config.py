@@ -1,0 +1,103 @@
+"""The placement: config and a server's pod:, including its default from the Downward API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import ConfigError, validate_config
+from exporter.model import PodRef
+
+URL = "http://127.0.0.1:8000/metrics"
+
+
+def config(servers: list[dict[str, Any]], source: str = "kubelet", **kubelet: Any) -> dict[str, Any]:
+    return {"placement": {"source": source, "kubelet": kubelet}, "servers": servers}
+
+
+def problems(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        validate_config(data)
+    return e.value.problems
+
+
+def test_defaults_are_static_and_the_kubelet_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    c = validate_config({"servers": [{"name": "a", "url": URL}]})
+    assert c.placement.source == "static"
+    assert c.placement.kubelet.socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    assert c.placement.kubelet.interval == 10.0
+    assert c.placement.kubelet.timeout == 5.0
+    assert c.servers[0].pod_ref is None
+
+
+def test_pods_and_kubelet_settings() -> None:
+    c = validate_config(
+        config(
+            [{"name": "a", "url": URL, "pod": "llm/vllm-0"}, {"name": "b", "url": URL, "gpus": [1]}],
+            socket="/run/pr/kubelet.sock",
+            interval="30s",
+            resources=["nvidia.com/a100"],
+        )
+    )
+    assert c.servers[0].pod_ref == PodRef("llm", "vllm-0")
+    assert c.servers[1].pod_ref is None
+    assert c.placement.kubelet.socket == Path("/run/pr/kubelet.sock")
+    assert c.placement.kubelet.interval == 30.0
+    assert c.placement.kubelet.resources == ["nvidia.com/a100"]
+
+
+def test_gpus_and_pod_together_name_both() -> None:
+    (problem,) = problems(config([{"name": "a", "url": URL, "gpus": [0], "pod": "llm/vllm-0"}]))
+    assert problem.startswith("servers[0]: ")
+    assert "gpus: [0]" in problem and "pod: 'llm/vllm-0'" in problem
+
+
+@pytest.mark.parametrize("pod", ["vllm-0", "llm/", "/vllm", "LLM/vllm", "a/b/c", 3])
+def test_bad_pod_names(pod: object) -> None:
+    (problem,) = problems(config([{"name": "a", "url": URL, "pod": pod}]))
+    assert problem.startswith("servers[0].pod: expected NAMESPACE/NAME")
+    assert repr(pod) in problem
+
+
+def test_pod_needs_kubelet_placement() -> None:
+    (problem,) = problems(config([{"name": "a", "url": URL, "pod": "llm/vllm-0"}], source="static"))
+    assert "servers[0].pod: 'llm/vllm-0' needs placement.source: kubelet" in problem
+
+
+def test_bad_placement_settings() -> None:
+    found = problems(
+        {"placement": {"source": "k8s", "kubelet": {"interval": "soon", "resources": ["gpu"], "port": 1}}}
+    )
+    assert found == [
+        "placement.source: 'k8s' is not allowed; input should be 'static' or 'kubelet'",
+        "placement.kubelet.interval: 'soon' is not a duration; use a number with a unit ms, s, m, h or d, "
+        "e.g. 500ms, 5m",
+        "placement.kubelet.resources[0]: expected an extended resource name such as example.com/gpu, "
+        "got 'gpu'",
+        "placement.kubelet.port: unknown key (check its spelling and its place in the file)",
+    ]
+
+
+def test_a_bare_server_is_the_pod_of_the_downward_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "llm")
+    monkeypatch.setenv("POD_NAME", "vllm-7f9c-xk2p")
+    servers = [
+        {"name": "a", "url": URL},
+        {"name": "b", "url": URL, "pod": "other/pod-1"},
+        {"name": "c", "url": URL, "gpus": [0]},
+    ]
+    c = validate_config(config(servers))
+    assert [s.pod_ref for s in c.servers] == [PodRef("llm", "vllm-7f9c-xk2p"), PodRef("other", "pod-1"), None]
+    # Static placement ignores the environment: the server keeps every GPU, as before.
+    assert validate_config(config(servers[:1], source="static")).servers[0].pod_ref is None
+
+
+def test_a_bare_server_without_the_downward_api_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setenv("POD_NAME", "vllm-0")
+    (problem,) = problems(config([{"name": "a", "url": URL}]))
+    assert "servers[0] (a): with placement.source: kubelet give pod: NAMESPACE/NAME" in problem
+    assert "POD_NAMESPACE and POD_NAME" in problem
