@@ -35,7 +35,9 @@ class FakePod:
     """Resource name -> device IDs, all in the pod's first container."""
 
     def message(self) -> api_pb2.PodResources:
-        gpu_devices = [api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in self.gpus.items()]
+        gpu_devices = [
+            api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in self.gpus.items()
+        ]
         others = [api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in OTHER_DEVICES]
         return api_pb2.PodResources(
             name=self.name,
@@ -51,14 +53,18 @@ class _Lister(api_pb2_grpc.PodResourcesListerServicer):
     def __init__(self, kubelet: FakeKubelet) -> None:
         self.kubelet = kubelet
 
-    async def List(self, request: api_pb2.ListPodResourcesRequest, context: grpc.aio.ServicerContext) -> object:
+    async def List(
+        self, request: api_pb2.ListPodResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> object:
         await self.kubelet.admit("List", context)
         return api_pb2.ListPodResourcesResponse(pod_resources=[p.message() for p in self.kubelet.pods])
 
     async def Get(self, request: api_pb2.GetPodResourcesRequest, context: grpc.aio.ServicerContext) -> object:
         await self.kubelet.admit("Get", context)
         if self.kubelet.get == "unimplemented":
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "unknown method Get for service v1.PodResourcesLister")
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "unknown method Get for service v1.PodResourcesLister"
+            )
         if self.kubelet.get == "disabled":
             await context.abort(grpc.StatusCode.UNKNOWN, "PodResources API Get method disabled")
         for pod in self.kubelet.pods:
@@ -73,7 +79,9 @@ class _Lister(api_pb2_grpc.PodResourcesListerServicer):
 class FakeKubelet:
     """The pod-resources server; change `pods`, `get`, `delay_s` at any time."""
 
-    def __init__(self, socket: Path, pods: Iterable[FakePod] = (), qps: float = 100.0, burst: int = 10) -> None:
+    def __init__(
+        self, socket: Path, pods: Iterable[FakePod] = (), qps: float = 100.0, burst: int = 10
+    ) -> None:
         self.socket = socket
         self.pods = list(pods)
         self.get = "enabled"
