@@ -22,12 +22,18 @@ from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ServerConfig
-from exporter.energy import EnergyReadError, EnergySource, RefreshObserving
-from exporter.exposition.collector import Health, SourceHealth, TargetHealth, TokenwattCollector
+from exporter.energy import EnergyReadError, EnergySource, MigReporting, RefreshObserving
+from exporter.exposition.collector import (
+    Health,
+    PlacementHealth,
+    SourceHealth,
+    TargetHealth,
+    TokenwattCollector,
+)
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import WebConfig
 from exporter.model import Gpu
-from exporter.placement import place_static
+from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.tokens.scraper import ScrapeError, TokenScraper
 
 log = structlog.get_logger("tokenwatt")
@@ -98,6 +104,8 @@ class Daemon:
         self._gpus: tuple[Gpu, ...] = ()
         self._resets: dict[tuple[str, str | None], int] = {}
         self._energy_lock = asyncio.Lock()
+        self.kubelet: KubeletRefresher | None = refresher_of(config)
+        self._pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
         self.collector = TokenwattCollector(self.snapshot)
         self.url: str | None = None
 
@@ -124,6 +132,10 @@ class Daemon:
                 )
                 for t in self._targets.values()
             ),
+            placement=(
+                PlacementHealth(bool(k.up), tuple(sorted(k.errors.items()))) if (k := self.kubelet) else None
+            ),
+            pods=tuple(self._pods.items()),
         )
         return self.accountant.snapshot(self._clock()), health
 
@@ -152,6 +164,8 @@ class Daemon:
             on_listening(self.url)
         async with aiohttp.ClientSession(auto_decompress=True) as session:
             tasks = [asyncio.create_task(self._energy_loop(), name="energy")]
+            if self.kubelet is not None:
+                tasks.append(asyncio.create_task(self._placement_loop(self.kubelet), name="placement"))
             for server in self.config.servers:
                 tasks.append(asyncio.create_task(self._scrape_loop(server, session), name=server.name))
             try:
@@ -170,6 +184,12 @@ class Daemon:
             await self._read_energy()
             self._settle()
             await _sleep_until(started + backoff_s(self.config.energy.interval, self._source_state.failures))
+
+    async def _placement_loop(self, kubelet: KubeletRefresher) -> None:
+        while True:
+            if await kubelet.poll_once():
+                self._place(set())
+            await kubelet.wait()
 
     async def _read_energy(self) -> None:
         """One read of the energy source, its outcome recorded as state, never raised."""
@@ -206,16 +226,22 @@ class Daemon:
             await self._read_energy()
 
     def _place(self, gpus: set[Gpu]) -> None:
-        seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
-        if seen == self._gpus:
+        """Place every server on the GPUs seen so far; a change takes effect now."""
+        self._gpus = seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
+        migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
+        static = {s.name: s.gpus for s in self.config.servers if s.pod_ref is None}
+        devices = self.kubelet.devices if self.kubelet else {}
+        placement, unmatched = place(static, self._pods, devices, seen, migs)
+        before = self.accountant.placement
+        if placement == before:
             return
-        self._gpus = seen
-        placement, unmatched = place_static({s.name: s.gpus for s in self.config.servers}, seen)
         self.accountant.set_placement(placement)
         for u in unmatched:
             log.error("no such GPU", server=u.server, gpu=u.selector, gpus_seen=[g.index for g in seen])
-        for server, uuids in placement.gpus.items():
-            log.info("placement", server=server, gpus=sorted(g.index for g in seen if g.uuid in uuids))
+        for server, held in placement.holdings.items():
+            if held != before.holdings.get(server):
+                uuids = placement.gpus[server]
+                log.info("placement", server=server, gpus=sorted(g.index for g in seen if g.uuid in uuids))
 
     async def _scrape_loop(self, server: ServerConfig, session: aiohttp.ClientSession) -> None:
         scraper = TokenScraper(
@@ -240,6 +266,7 @@ class Daemon:
                 failures = 0
                 if state.up is not True:
                     log.info("target up", server=server.name, url=server.url, kind=scraper.kind)
+                    self._placement_may_have_changed()
                 state.up = True
                 state.last_success_t = self._clock()
                 await self._read_energy_beside_scrape()
@@ -255,7 +282,13 @@ class Daemon:
                 resets = m.input.resets + m.output.resets + m.requests.resets
                 if resets > self._resets.get((ledger.name, model), 0):
                     log.warning("token counter reset", server=ledger.name, model=model)
+                    self._placement_may_have_changed()
                 self._resets[(ledger.name, model)] = resets
+
+    def _placement_may_have_changed(self) -> None:
+        """A server (re)started: its pod may hold other devices now."""
+        if self.kubelet is not None:
+            self.kubelet.wake()
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -14,7 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.accounting.book import Snapshot, WindowFigures
-from exporter.model import Gpu
+from exporter.exposition.pod_labels import with_pod_labels
+from exporter.model import Gpu, PodRef
 
 TOKEN_TYPES = ("output", "input", "all")
 
@@ -57,10 +58,22 @@ class SourceHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class PlacementHealth:
+    """The kubelet placement's state (absent with static placement)."""
+
+    up: bool
+    errors: tuple[tuple[str, int], ...]
+    """Failed calls to the kubelet so far, by reason (and Get refusals, once each)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     version: str
     source: SourceHealth
     targets: tuple[TargetHealth, ...]
+    placement: PlacementHealth | None = None
+    pods: tuple[tuple[str, PodRef], ...] = ()
+    """Server name -> the pod it runs in: its series carry `namespace` and `pod` labels."""
 
 
 def window_label(seconds: float) -> str:
@@ -80,9 +93,29 @@ class TokenwattCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         snap, health = self._snapshot()
         yield from self._gpu_metrics(snap)
-        yield from self._server_metrics(snap)
-        yield from self._accounting_metrics(snap)
-        yield from self._health_metrics(health)
+        pods = dict(health.pods)
+        yield from with_pod_labels(self._server_metrics(snap), pods)
+        yield from with_pod_labels(self._accounting_metrics(snap), pods)
+        yield from with_pod_labels(self._health_metrics(health), pods)
+        yield from self._placement_metrics(health.placement)
+
+    def _placement_metrics(self, placement: PlacementHealth | None) -> Iterator[Metric]:
+        if placement is None:
+            return
+        up = GaugeMetricFamily(
+            "tokenwatt_placement_up",
+            "1 if the latest call to the kubelet succeeded; while 0 the last good placement stays in force.",
+            labels=["source"],
+        )
+        up.add_metric(["kubelet"], 1.0 if placement.up else 0.0)
+        errors = CounterMetricFamily(
+            "tokenwatt_placement_errors",
+            "Failed calls to the kubelet's pod-resources API, by reason.",
+            labels=["source", "reason"],
+        )
+        for reason, count in placement.errors:
+            errors.add_metric(["kubelet", reason], count)
+        yield from (up, errors)
 
     def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         labels = ["gpu", "uuid", "gpu_model"]

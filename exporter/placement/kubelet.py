@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 import structlog
 
+from exporter.config import Config
 from exporter.model import Gpu, MigDevice, PodRef
 from exporter.placement import Holding, Placement, Unmatched, place_static
 from exporter.placement.devices import DeviceResolver
@@ -257,3 +258,12 @@ def place(
                 held.add(holding)
         holdings[server] = frozenset(held)
     return Placement(holdings, dict(pods)), unmatched
+
+
+def refresher_of(config: Config) -> KubeletRefresher | None:
+    """The refresher of a config's pods; None with static placement or no server that is a pod."""
+    pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
+    if config.placement.source != "kubelet" or not pods:
+        return None
+    k = config.placement.kubelet
+    return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval)
