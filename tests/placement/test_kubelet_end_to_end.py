@@ -1,0 +1,259 @@
+"""The daemon placed by a kubelet: two vLLM-format pods on simulated GPUs, one GPU time-sliced between
+them, placement from the fake kubelet over its unix socket; then a pod moves to another GPU, then goes.
+
+Each simulated GPU's energy has a closed form, so the energy each server should be given is known
+exactly: its whole GPUs' energy plus an equal share of the time-sliced one, between its first and
+its latest applied scrape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.app import Daemon
+from exporter.config import validate_config
+from exporter.demo import ServedCounters, SimulatedVllmServer
+from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet
+from exporter.model import Gpu, GpuSample
+from tests.conftest import require_tool
+from tests.fakes.kubelet import FakeKubelet, FakePod
+
+POWER = PowerModel(idle_w=60.0, j_per_input_token=0.05, j_per_output_token=0.7)
+LOAD_A = (
+    LoadPhase(1.3, input_tps=1200.0, output_tps=250.0, running=12, requests_ps=4.0),
+    LoadPhase(0.7, input_tps=3000.0, output_tps=520.0, running=40, requests_ps=9.0),
+)
+LOAD_B = (
+    LoadPhase(0.9, input_tps=500.0, output_tps=120.0, running=5, requests_ps=2.0),
+    LoadPhase(1.1, input_tps=2200.0, output_tps=400.0, running=30, requests_ps=6.0),
+)
+LOAD_C = (LoadPhase(1.0, input_tps=800.0, output_tps=150.0, running=8, requests_ps=3.0),)
+UUIDS = tuple(f"GPU-51b0c3d2-0000-4000-8000-{i:012d}" for i in range(3))
+REFRESH_S = 1.0
+
+
+class PhysicalGpus:
+    """Three simulated GPUs, each drawing the power of its own load schedule (an energy source)."""
+
+    name = "simulated"
+    reads_fresh = True
+
+    def __init__(self, fleets: tuple[SimulatedFleet, ...]) -> None:
+        self.fleets = fleets
+        self.gpus = tuple(Gpu(i, uuid, "Simulated GPU") for i, uuid in enumerate(UUIDS))
+
+    async def read(self) -> list[GpuSample]:
+        t = time.time()
+        return [
+            GpuSample(g, t, f.energy_at(t), f.power_at(t))
+            for g, f in zip(self.gpus, self.fleets, strict=True)
+        ]
+
+    async def close(self) -> None:
+        return None
+
+    def used(self, gpu: int, t0: float, t1: float) -> float:
+        return self.fleets[gpu].energy_at(t1) - self.fleets[gpu].energy_at(t0)
+
+
+@dataclass
+class Rig:
+    daemon: Daemon
+    gpus: PhysicalGpus
+    kubelet: FakeKubelet
+    servers: dict[str, SimulatedVllmServer]
+    metrics_url: str
+
+
+@contextlib.asynccontextmanager
+async def placed_rig() -> AsyncIterator[Rig]:
+    start = time.time()
+    folder = Path(tempfile.mkdtemp(prefix="kubelet-", dir="/tmp"))
+    kubelet = FakeKubelet(
+        folder / "kubelet.sock",
+        [
+            FakePod("llm", "vllm-0", {"nvidia.com/gpu": [UUIDS[0], f"{UUIDS[2]}::1"]}),
+            FakePod("llm", "chat-0", {"nvidia.com/gpu": [f"{UUIDS[2]}::2"]}),
+            FakePod("batch", "train-0", {"nvidia.com/gpu": ["GPU-elsewhere"]}),
+        ],
+    )
+    await kubelet.start()
+    servers = {
+        "a": SimulatedVllmServer(LoadSchedule(LOAD_A, start), model="llama-a"),
+        "b": SimulatedVllmServer(LoadSchedule(LOAD_B, start), model="llama-b"),
+    }
+    urls = {name: await s.start() for name, s in servers.items()}
+    gpus = PhysicalGpus(
+        tuple(SimulatedFleet(1, LoadSchedule(load, start), POWER) for load in (LOAD_A, LOAD_C, LOAD_B))
+    )
+    config = validate_config(
+        {
+            "listen": "127.0.0.1:0",
+            "energy": {"source": "simulated", "interval": "200ms"},
+            "placement": {
+                "source": "kubelet",
+                "kubelet": {"socket": str(kubelet.socket), "interval": f"{REFRESH_S}s", "timeout": "2s"},
+            },
+            "servers": [
+                {"name": "a", "url": urls["a"], "interval": "300ms", "pod": "llm/vllm-0"},
+                {"name": "b", "url": urls["b"], "interval": "300ms", "pod": "llm/chat-0"},
+            ],
+            "windows": ["1m"],
+        }
+    )
+    daemon = Daemon(config, gpus)
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(daemon.run(stop, listening.set_result))
+    try:
+        yield Rig(daemon, gpus, kubelet, servers, await asyncio.wait_for(listening, 5))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        for s in servers.values():
+            await s.stop()
+        await kubelet.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def get_text(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def scrape(url: str) -> Samples:
+    text = await get_text(url)
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found[(name, frozenset(labels.items()))]
+
+
+def gpus_of(found: Samples, server: str) -> set[str]:
+    return {
+        dict(labels)["gpu"]
+        for (name, labels), _ in found.items()
+        if name == "tokenwatt_server_gpu_info" and dict(labels)["server"] == server
+    }
+
+
+POD = {"a": {"namespace": "llm", "pod": "vllm-0"}, "b": {"namespace": "llm", "pod": "chat-0"}}
+
+
+def measured_span(
+    found: Samples, server: str, model: str, served: list[ServedCounters]
+) -> tuple[float, float, float]:
+    """The start and end of the server's measured intervals, and the output tokens in them.
+
+    The intervals end at the latest page its exported counters stand for. They start at the first
+    page, or at the second where the first interval was unmeasured: energy before the kubelet's first
+    answer belongs to no pod (it is unattributed), so only that interval may be.
+    """
+    out = value(
+        found, "tokenwatt_server_tokens_total", server=server, model=model, token_type="output", **POD[server]
+    )
+    last = next(s for s in served if s.output_tokens - served[0].output_tokens == out)
+    unmeasured = value(found, "tokenwatt_server_unmeasured_seconds_total", server=server, **POD[server])
+    first = served[0] if unmeasured == 0 else served[1]
+    assert unmeasured == pytest.approx(first.t - served[0].t, abs=0.05)
+    return first.t, last.t, last.output_tokens - first.output_tokens
+
+
+def assert_invariant(daemon: Daemon) -> None:
+    snap = daemon.accountant.snapshot(time.time())
+    for g in snap.gpus:
+        assert g.attributed_j + g.unattributed_j == pytest.approx(g.settled_energy_j, rel=1e-9, abs=1e-6)
+    given = sum(m.energy_j for s in snap.servers for m in s.models)
+    attributed = sum(g.attributed_j for g in snap.gpus)
+    pending = sum(ledger.pending_j() for ledger in daemon.accountant.gpu_ledgers.values())
+    assert given == pytest.approx(attributed + pending, rel=1e-9, abs=1e-6)
+
+
+async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
+    async with placed_rig() as rig:
+        await asyncio.sleep(5.0)
+        found = await scrape(rig.metrics_url)
+        assert_invariant(rig.daemon)
+
+        # Placed by the kubelet: a holds GPU 0 and a replica of GPU 2, b the other replica of GPU 2.
+        assert value(found, "tokenwatt_placement_up", source="kubelet") == 1.0
+        assert gpus_of(found, "a") == {"0", "2"} and gpus_of(found, "b") == {"2"}
+        assert rig.kubelet.calls[0] == "List"  # two pods: one List, never a Get per pod
+        truths = {
+            "a": lambda t0, t1: rig.gpus.used(0, t0, t1) + rig.gpus.used(2, t0, t1) / 2,
+            "b": lambda t0, t1: rig.gpus.used(2, t0, t1) / 2,
+        }
+        for server, model in (("a", "llama-a"), ("b", "llama-b")):
+            labels = {"server": server, "model": model, **POD[server]}
+            t0, t1, out_tokens = measured_span(found, server, model, list(rig.servers[server].served))
+            truth = truths[server](t0, t1)
+            energy = value(found, "tokenwatt_server_energy_joules_total", **labels)
+            jpt = value(found, "tokenwatt_joules_per_token", token_type="output", window="1m", **labels)
+            true_jpt = truth / out_tokens
+            error = jpt / true_jpt - 1
+            print(f"{server}: J/output token {jpt:.6f}, ground truth {true_jpt:.6f}, error {error:.4%}")
+            assert energy == pytest.approx(truth, rel=0.01)
+            assert jpt == pytest.approx(true_jpt, rel=0.01)
+            assert value(found, "tokenwatt_target_up", server=server, **POD[server]) == 1.0
+
+        # b's pod moves to GPU 1: the placement follows within one refresh.
+        rig.kubelet.pods[1].gpus = {"nvidia.com/gpu": [UUIDS[1]]}
+        moved = time.monotonic()
+        while gpus_of(await scrape(rig.metrics_url), "b") != {"1"}:
+            assert time.monotonic() - moved < REFRESH_S + 1.0, "the placement did not follow the pod"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.5)
+        after_move = await scrape(rig.metrics_url)
+        assert gpus_of(after_move, "a") == {"0", "2"}
+        assert_invariant(rig.daemon)
+        b = {"server": "b", "model": "llama-b", **POD["b"]}
+        moved_energy = value(after_move, "tokenwatt_server_energy_joules_total", **b)
+        assert moved_energy > value(found, "tokenwatt_server_energy_joules_total", **b)
+
+        # b's pod is gone: it holds no GPU, and keeps its cumulative counters.
+        rig.kubelet.pods = rig.kubelet.pods[:1]
+        gone = time.monotonic()
+        while gpus_of(final := await scrape(rig.metrics_url), "b"):
+            assert time.monotonic() - gone < REFRESH_S + 1.0, "the placement did not see the pod go"
+            await asyncio.sleep(0.05)
+        assert value(final, "tokenwatt_server_energy_joules_total", **b) >= moved_energy
+        assert value(final, "tokenwatt_server_tokens_total", token_type="output", **b) > 0
+        assert_invariant(rig.daemon)
+
+        # The kubelet goes away: placement is down, says why, and the last placement stays.
+        await rig.kubelet.stop()
+        down = time.monotonic()
+        while value(failed := await scrape(rig.metrics_url), "tokenwatt_placement_up", source="kubelet") != 0:
+            assert time.monotonic() - down < REFRESH_S + 1.0, "placement_up did not fall"
+            await asyncio.sleep(0.05)
+        assert (
+            value(failed, "tokenwatt_placement_errors_total", source="kubelet", reason="socket_missing") >= 1
+        )
+        assert gpus_of(failed, "a") == {"0", "2"}
+        text = await get_text(rig.metrics_url)
+    check = subprocess.run(
+        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    assert 'tokenwatt_joules_per_token{model="llama-a",namespace="llm",pod="vllm-0",server="a"' in text
