@@ -8,6 +8,7 @@ style; kustomize builds deploy/k8s; `tokenwatt check-config` reads every tokenwa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,27 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": True},
         "prometheusRule": {"enabled": True},
     },
+    # Placement from the kubelet: the sidecar's server is its own pod (POD_NAME/POD_NAMESPACE); the
+    # DaemonSet's servers name their pods.
+    "sidecar-kubelet": {
+        "mode": "sidecar",
+        "config": {
+            "energy": {"source": "dcgm_exporter"},
+            "placement": {"source": "kubelet"},
+            "servers": SERVERS,
+        },
+    },
+    "daemonset-kubelet": {
+        "config": {
+            "energy": {"source": "nvml"},
+            "placement": {"source": "kubelet", "kubelet": {"interval": "5s"}},
+            "servers": [{**SERVERS[0], "url": "http://vllm.llm.svc:8000/metrics", "pod": "llm/vllm-0"}],
+        },
+        "gpuAccess": {"runtimeClassName": "nvidia", "visibleDevices": "all"},
+    },
 }
+KUBELET_PLACED = {"sidecar-kubelet", "daemonset-kubelet"}
+SIDECAR_POD = {"POD_NAMESPACE": "inference", "POD_NAME": "llama-70b-7d9f8c6b5-x2x4q"}
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +198,15 @@ def test_every_container_runs_locked_down(renderings: dict[str, Rendering], side
         for m in r.manifests()
         if m["kind"] in WORKLOAD_KINDS
     ]
-    assert len(workloads) == 6
+    assert len(workloads) == 7
     for name, workload in workloads:
         tokenwatt = by_name(containers(workload), "tokenwatt")
         security = tokenwatt["securityContext"]
-        assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001, name
+        if name in KUBELET_PLACED:  # only root may connect to the kubelet's socket: UID 0, no capabilities
+            assert security["runAsNonRoot"] is False and security["runAsUser"] == 0, name
+        else:
+            assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001, name
+        assert security["privileged"] is False, name
         assert security["readOnlyRootFilesystem"] is True, name
         assert security["allowPrivilegeEscalation"] is False, name
         assert security["capabilities"] == {"drop": ["ALL"]}, name
@@ -253,6 +278,8 @@ def test_service_monitor_job_is_named_for_the_exporters_own_alerts(renderings: d
     # TokenwattDown and TokenwattAbsent select up{job=~".*tokenwatt.*"}.
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "tokenwatt"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # The servers' own namespace and pod labels win over the target's.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_sidecar_snippet_in_the_notes_is_the_container_a_parent_chart_gets(
@@ -273,6 +300,36 @@ def test_sidecar_snippet_in_the_notes_is_the_container_a_parent_chart_gets(
     assert volumes == [{"name": "tokenwatt-config", "configMap": {"name": "tw-tokenwatt"}}]
     service = sidecar_chart.one("Service")["spec"]
     assert service["selector"] == {"app.kubernetes.io/name": "llama-70b"}
+
+
+def test_kubelet_placement_mounts_the_pod_resources_directory_and_nothing_more(
+    renderings: dict[str, Rendering],
+) -> None:
+    directory = {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}
+    mount = {
+        "name": "tokenwatt-pod-resources",
+        "mountPath": "/var/lib/kubelet/pod-resources",
+        "readOnly": True,
+    }
+    downward = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    daemonset = renderings["daemonset-kubelet"].one("DaemonSet")["spec"]["template"]["spec"]
+    assert by_name(daemonset["volumes"], "tokenwatt-pod-resources")["hostPath"] == directory
+    tokenwatt = by_name(daemonset["containers"], "tokenwatt")
+    assert mount in tokenwatt["volumeMounts"]
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & daemonset.keys()
+    assert not any(e["name"] in ("POD_NAME", "POD_NAMESPACE") for e in tokenwatt["env"])  # servers name pods
+
+    notes = renderings["sidecar-kubelet"].files["tokenwatt/templates/NOTES.txt"]
+    sidecar = yaml.safe_load(notes.split("spec.containers (same namespace):\n")[1].split("\nand these")[0])[0]
+    volumes = yaml.safe_load(notes.split("spec.volumes:\n")[1].split("\nFrom a chart")[0])
+    assert sidecar["env"] == downward and mount in sidecar["volumeMounts"]
+    assert by_name(volumes, "tokenwatt-pod-resources")["hostPath"] == directory
+    # Static placement: no hostPath, no root.
+    static = renderings["daemonset-defaults"].one("DaemonSet")["spec"]["template"]["spec"]
+    assert all("hostPath" not in v for v in static["volumes"])
 
 
 # --- the recording rules and alerts inside the chart ------------------------------------------
@@ -365,7 +422,7 @@ def test_kustomize_builds_the_daemonset_and_the_sidecar_example(kustomized: Path
 # --- tokenwatt check-config on every tokenwatt.yml we ship ------------------------------------
 
 
-def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter.cli", "check-config", str(path)],
         cwd=REPO,
@@ -373,6 +430,7 @@ def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -391,14 +449,15 @@ def test_rendered_config_passes_check_config(
             del config["web_config_file"]
     path = tmp_path / "tokenwatt.yml"
     path.write_text(yaml.safe_dump(config))
-    result = _check_config(path)
+    # A sidecar's pod is named by the Downward API, as the chart sets it.
+    result = _check_config(path, SIDECAR_POD if VALUE_SETS[name].get("mode") == "sidecar" else None)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == f"{path}: valid"
 
 
 @pytest.mark.parametrize("path", sorted(K8S_DIR.glob("*/tokenwatt.yml")), ids=lambda p: p.parent.name)
 def test_plain_manifest_config_passes_check_config(path: Path) -> None:
-    result = _check_config(path)
+    result = _check_config(path, SIDECAR_POD if path.parent.name == "sidecar" else None)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

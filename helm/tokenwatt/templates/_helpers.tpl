@@ -49,6 +49,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- regexFind "[0-9]+$" $listen | int }}
 {{- end }}
 
+{{/* "true" when servers are placed from the kubelet (config.placement.source: kubelet), else "". */}}
+{{- define "tokenwatt.kubeletPlacement" -}}
+{{- if eq (dig "placement" "source" "static" .Values.config) "kubelet" }}true{{ end }}
+{{- end }}
+
 {{- define "tokenwatt.scheme" -}}
 {{- if and .Values.webConfig.enabled .Values.webConfig.tls }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
@@ -86,6 +91,10 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   {{- $env = append $env (dict "name" "NVIDIA_VISIBLE_DEVICES" "value" $values.gpuAccess.visibleDevices) }}
   {{- $env = append $env (dict "name" "NVIDIA_DRIVER_CAPABILITIES" "value" "utility") }}
   {{- end }}
+  {{- if .sidecar }}
+  {{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
+  {{- $env = append $env (dict "name" "POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) }}
+  {{- end }}
   {{- $env = concat $env $values.env }}
   {{- with $env }}
   env:
@@ -108,7 +117,13 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   resources:
     {{- toYaml $values.resources | nindent 4 }}
   securityContext:
-    {{- toYaml $values.securityContext | nindent 4 }}
+    {{- $security := deepCopy $values.securityContext }}
+    {{- if include "tokenwatt.kubeletPlacement" $root }}
+    {{- range $key, $value := $values.kubeletPlacement.securityContext }}
+    {{- $_ := set $security $key $value }}
+    {{- end }}
+    {{- end }}
+    {{- toYaml $security | nindent 4 }}
   volumeMounts:
     - name: tokenwatt-config
       mountPath: /etc/tokenwatt/tokenwatt.yml
@@ -117,6 +132,11 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
     {{- if $values.webConfig.enabled }}
     - name: tokenwatt-web-config
       mountPath: /etc/tokenwatt/web
+      readOnly: true
+    {{- end }}
+    {{- if include "tokenwatt.kubeletPlacement" $root }}
+    - name: tokenwatt-pod-resources
+      mountPath: /var/lib/kubelet/pod-resources
       readOnly: true
     {{- end }}
 {{- end }}
@@ -129,6 +149,12 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
 - name: tokenwatt-web-config
   secret:
     secretName: {{ include "tokenwatt.webConfigSecretName" . }}
+{{- end }}
+{{- if include "tokenwatt.kubeletPlacement" . }}
+- name: tokenwatt-pod-resources
+  hostPath:
+    path: {{ .Values.kubeletPlacement.hostPath }}
+    type: Directory
 {{- end }}
 {{- end }}
 
