@@ -78,7 +78,7 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def placed_rig() -> AsyncIterator[Rig]:
+async def placed_rig(refresh_s: float = REFRESH_S) -> AsyncIterator[Rig]:
     start = time.time()
     folder = Path(tempfile.mkdtemp(prefix="kubelet-", dir="/tmp"))
     kubelet = FakeKubelet(
@@ -104,7 +104,7 @@ async def placed_rig() -> AsyncIterator[Rig]:
             "energy": {"source": "simulated", "interval": "200ms"},
             "placement": {
                 "source": "kubelet",
-                "kubelet": {"socket": str(kubelet.socket), "interval": f"{REFRESH_S}s", "timeout": "2s"},
+                "kubelet": {"socket": str(kubelet.socket), "interval": f"{refresh_s}s", "timeout": "2s"},
             },
             "servers": [
                 {"name": "a", "url": urls["a"], "interval": "300ms", "pod": "llm/vllm-0"},
@@ -257,3 +257,22 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
     )
     assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
     assert 'tokenwatt_joules_per_token{model="llama-a",namespace="llm",pod="vllm-0",server="a"' in text
+
+
+async def test_a_server_restart_asks_the_kubelet_at_once() -> None:
+    """A restarted pod may hold other GPUs: the daemon does not wait for the next refresh."""
+    async with placed_rig(refresh_s=600.0) as rig:
+        while gpus_of(await scrape(rig.metrics_url), "b") != {"2"}:
+            await asyncio.sleep(0.05)
+        calls = len(rig.kubelet.calls)
+        server = rig.servers["b"]
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        await server.stop()
+        rig.kubelet.pods[1].gpus = {"nvidia.com/gpu": [UUIDS[1]]}
+        await asyncio.sleep(1.0)  # scrapes of b fail meanwhile
+        await server.start(port=port)
+        restarted = time.monotonic()
+        while gpus_of(await scrape(rig.metrics_url), "b") != {"1"}:
+            assert time.monotonic() - restarted < 5.0, "the restart did not refresh the placement"
+            await asyncio.sleep(0.05)
+        assert len(rig.kubelet.calls) > calls
