@@ -178,16 +178,20 @@ async def test_a_socket_nobody_listens_on_is_unavailable(socket_dir: Path) -> No
     assert e.value.reason == "unavailable"
 
 
-def test_permission_denied(socket_dir: Path) -> None:
-    """A socket the process may not open (checked as an unprivileged user: root may open anything)."""
+@pytest.mark.parametrize(
+    ("directory_mode", "socket_mode"), [(0o755, 0o600), (0o700, 0o666)], ids=["socket", "directory"]
+)
+def test_permission_denied(socket_dir: Path, directory_mode: int, socket_mode: int) -> None:
+    """A socket, or a directory, the process may not open (checked as an unprivileged user: root may
+    open anything)."""
     path = socket_dir / "kubelet.sock"
     import socket
 
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
         s.listen()
-        path.chmod(0o600)
-        socket_dir.chmod(0o755)
+        path.chmod(socket_mode)
+        socket_dir.chmod(directory_mode)
         script = (
             "import asyncio, os, pathlib\n"
             "from exporter.model import PodRef\n"
