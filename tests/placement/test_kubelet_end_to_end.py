@@ -21,12 +21,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from exporter.app import Daemon
 from exporter.config import validate_config
 from exporter.demo import ServedCounters, SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet
-from exporter.model import Gpu, GpuSample
+from exporter.model import Gpu, GpuSample, MigDevice
+from exporter.placement import Holding
 from tests.conftest import require_tool
 from tests.fakes.kubelet import FakeKubelet, FakePod
 
@@ -68,6 +70,17 @@ class PhysicalGpus:
         return self.fleets[gpu].energy_at(t1) - self.fleets[gpu].energy_at(t0)
 
 
+MIG_UUID = "MIG-7c1d2e3f-0000-5000-8000-000000000001"
+
+
+class MigGpus(PhysicalGpus):
+    """The same GPUs, with GPU 1 in MIG mode: the source reports its MIG devices (`MigReporting`)."""
+
+    @property
+    def mig_devices(self) -> tuple[MigDevice, ...]:
+        return (MigDevice(MIG_UUID, UUIDS[1], 2, "3g.40gb", 3),)
+
+
 @dataclass
 class Rig:
     daemon: Daemon
@@ -78,7 +91,7 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def placed_rig(refresh_s: float = REFRESH_S) -> AsyncIterator[Rig]:
+async def placed_rig(refresh_s: float = REFRESH_S, mig: bool = False) -> AsyncIterator[Rig]:
     start = time.time()
     folder = Path(tempfile.mkdtemp(prefix="kubelet-", dir="/tmp"))
     kubelet = FakeKubelet(
@@ -95,9 +108,8 @@ async def placed_rig(refresh_s: float = REFRESH_S) -> AsyncIterator[Rig]:
         "b": SimulatedVllmServer(LoadSchedule(LOAD_B, start), model="llama-b"),
     }
     urls = {name: await s.start() for name, s in servers.items()}
-    gpus = PhysicalGpus(
-        tuple(SimulatedFleet(1, LoadSchedule(load, start), POWER) for load in (LOAD_A, LOAD_C, LOAD_B))
-    )
+    fleets = tuple(SimulatedFleet(1, LoadSchedule(load, start), POWER) for load in (LOAD_A, LOAD_C, LOAD_B))
+    gpus = MigGpus(fleets) if mig else PhysicalGpus(fleets)
     config = validate_config(
         {
             "listen": "127.0.0.1:0",
@@ -276,3 +288,32 @@ async def test_a_server_restart_asks_the_kubelet_at_once() -> None:
             assert time.monotonic() - restarted < 5.0, "the restart did not refresh the placement"
             await asyncio.sleep(0.05)
         assert len(rig.kubelet.calls) > calls
+
+
+async def test_a_mig_device_is_placed_on_its_parent_gpu() -> None:
+    async with placed_rig(mig=True) as rig:
+        rig.kubelet.pods[1].gpus = {"nvidia.com/mig-3g.40gb": [MIG_UUID]}
+        started = time.monotonic()
+        while gpus_of(await scrape(rig.metrics_url), "b") != {"1"}:
+            assert time.monotonic() - started < REFRESH_S + 1.0, "the MIG device was not placed"
+            await asyncio.sleep(0.05)
+        assert rig.daemon.accountant.placement.holdings["b"] == {Holding(UUIDS[1], 2, 3)}
+
+
+def test_an_answer_before_the_first_energy_reading_waits_for_the_gpus(tmp_path: Path) -> None:
+    """No GPU is known yet: placing then would find none of the pod's devices and log each as missing."""
+    config = validate_config(
+        {
+            "placement": {"source": "kubelet", "kubelet": {"socket": str(tmp_path / "kubelet.sock")}},
+            "servers": [{"name": "a", "url": "http://127.0.0.1:1/metrics", "pod": "llm/vllm-0"}],
+        }
+    )
+    fleets = tuple(SimulatedFleet(1, LoadSchedule(LOAD_C, 0.0), POWER) for _ in UUIDS)
+    daemon = Daemon(config, PhysicalGpus(fleets))
+    assert daemon.kubelet is not None
+    daemon.kubelet.devices = {"a": frozenset({UUIDS[0]})}
+    with capture_logs() as logs:
+        daemon._place(set())
+        daemon._place({Gpu(0, UUIDS[0], "Simulated GPU")})
+    assert [e["event"] for e in logs] == ["placement"]
+    assert daemon.accountant.placement.gpus["a"] == {UUIDS[0]}
