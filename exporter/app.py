@@ -228,6 +228,8 @@ class Daemon:
     def _place(self, gpus: set[Gpu]) -> None:
         """Place every server on the GPUs seen so far; a change takes effect now."""
         self._gpus = seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
+        if not seen:
+            return  # the kubelet answered before the first energy reading: no GPU to resolve against yet
         migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
         static = {s.name: s.gpus for s in self.config.servers if s.pod_ref is None}
         devices = self.kubelet.devices if self.kubelet else {}

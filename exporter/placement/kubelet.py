@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,8 +25,7 @@ import structlog
 
 from exporter.config import Config
 from exporter.model import Gpu, MigDevice, PodRef
-from exporter.placement import Holding, Placement, Unmatched, place_static
-from exporter.placement.devices import DeviceResolver
+from exporter.placement import Placement, Unmatched, place_static
 from exporter.placement.podresources.api_pb2 import (
     GetPodResourcesRequest,
     GetPodResourcesResponse,
@@ -130,8 +128,6 @@ class PodResourcesClient:
             raise KubeletError("permission_denied", f"no permission to reach {self.socket}") from None
         except OSError as e:
             raise KubeletError("socket_error", f"{self.socket}: {e.strerror}") from None
-        if not os.access(self.socket, os.R_OK | os.W_OK):
-            raise KubeletError("permission_denied", f"no permission to read and write {self.socket}")
         if inode != self.inode:
             self.get_refused = None  # a restarted kubelet may have Get turned on
         self.inode = inode
@@ -245,19 +241,10 @@ def place(
     migs: Sequence[MigDevice] = (),
 ) -> tuple[Placement, list[Unmatched]]:
     """Every server's devices: configured (`static`: server -> gpus:) or its pod's, from the kubelet."""
-    placement, unmatched = place_static(static, gpus, migs)
-    resolver = DeviceResolver(gpus, migs)
-    holdings = dict(placement.holdings)
-    for server in pods:
-        held: set[Holding] = set()
-        for device_id in sorted(devices.get(server, ())):
-            holding = resolver.resolve(device_id)
-            if holding is None:
-                unmatched.append(Unmatched(server, device_id))
-            else:
-                held.add(holding)
-        holdings[server] = frozenset(held)
-    return Placement(holdings, dict(pods)), unmatched
+    selectors: dict[str, Sequence[int | str] | None] = dict(static)
+    selectors.update((server, sorted(devices.get(server, ()))) for server in pods)
+    placement, unmatched = place_static(selectors, gpus, migs)
+    return Placement(placement.holdings, dict(pods)), unmatched
 
 
 def refresher_of(config: Config) -> KubeletRefresher | None:
