@@ -314,6 +314,14 @@ class ServerConfig(_Strict):
 class KubeletConfig(_Strict):
     socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     """The kubelet's pod-resources socket (mount its directory, not the file)."""
+
+    @field_validator("socket")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path; give the socket's full path")
+        return value
+
     interval: Duration = 10.0
     """How often the pods' devices are asked for (again at once when a server restarts)."""
     timeout: Duration = 5.0

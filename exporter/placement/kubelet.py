@@ -83,13 +83,13 @@ class PodResourcesClient:
                 )
             except grpc.aio.AioRpcError as e:
                 raise _error(e) from None
-        wanted = set(pods)
+        wanted = {(pod.namespace, pod.name) for pod in pods}  # matched by namespace and name, not uid
         listed = {
-            PodRef(p.namespace, p.name): self._gpu_ids(p)
+            (p.namespace, p.name): self._gpu_ids(p)
             for p in answer.pod_resources
-            if PodRef(p.namespace, p.name) in wanted
+            if (p.namespace, p.name) in wanted
         }
-        return {pod: listed.get(pod, frozenset()) for pod in pods}
+        return {pod: listed.get((pod.namespace, pod.name), frozenset()) for pod in pods}
 
     async def _get(self, stub: PodResourcesListerStub, pod: PodRef) -> frozenset[str] | None:
         """The pod's devices by `Get`; None where the kubelet refuses Get (then List is used from now on)."""

@@ -239,3 +239,8 @@ def test_place_resolves_every_format_and_reports_the_rest() -> None:
     assert placement.pods["llm"] == LLM and "static" not in placement.pods
     assert placement.share("llm", B) == placement.share("chat", B) == 0.5  # two pods time-slicing B
     assert unmatched == [Unmatched("chat", "GPU-not-here")]
+
+
+async def test_pods_are_matched_by_namespace_and_name_whatever_their_uid(kubelet: FakeKubelet) -> None:
+    with_uid = PodRef("llm", "chat-0", "3f6c0a52-0000-4000-8000-000000000001")  # from the Downward API
+    assert await client(kubelet).devices([with_uid, LLM]) == {with_uid: {f"{B}::3"}, LLM: {A, f"{B}::1"}}

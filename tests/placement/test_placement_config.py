@@ -69,10 +69,16 @@ def test_pod_needs_kubelet_placement() -> None:
 
 def test_bad_placement_settings() -> None:
     found = problems(
-        {"placement": {"source": "k8s", "kubelet": {"interval": "soon", "resources": ["gpu"], "port": 1}}}
+        {
+            "placement": {
+                "source": "k8s",
+                "kubelet": {"socket": "kubelet.sock", "interval": "soon", "resources": ["gpu"], "port": 1},
+            }
+        }
     )
     assert found == [
         "placement.source: 'k8s' is not allowed; input should be 'static' or 'kubelet'",
+        "placement.kubelet.socket: 'kubelet.sock' is not an absolute path; give the socket's full path",
         "placement.kubelet.interval: 'soon' is not a duration; use a number with a unit ms, s, m, h or d, "
         "e.g. 500ms, 5m",
         "placement.kubelet.resources[0]: expected an extended resource name such as example.com/gpu, "
