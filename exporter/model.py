@@ -22,6 +22,9 @@ class Gpu:
     energy_method: str = "counter"
     """How its energy is known: `counter` (the GPU's own energy counter) or `power_integration`
     (integrated power readings, where the GPU has no usable counter)."""
+    pci_bus_id: str | None = None
+    """PCI address `DOMAIN:BUS:DEVICE.FUNCTION` where the source reports it: AMD's device plugin names
+    GPUs by it."""
 
 
 @dataclass(frozen=True, slots=True)

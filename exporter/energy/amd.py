@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -106,13 +106,14 @@ class AmdSource:
         for index, handle in enumerate(smi.amdsmi_get_processor_handles()):
             uuid = str(smi.amdsmi_get_gpu_device_uuid(handle))
             name = str(smi.amdsmi_get_gpu_asic_info(handle).get("market_name", "AMD GPU"))
-            found.append((handle, Gpu(index, uuid, name)))
+            bdf = str(smi.amdsmi_get_gpu_device_bdf(handle))
+            found.append((handle, Gpu(index, uuid, name, pci_bus_id=bdf)))
         self.checks = self._check_counters(found, check_s)
         for (handle, gpu), check in zip(found, self.checks, strict=True):
             if check.trusted:
                 self._devices.append(_Device(handle, gpu, None))
             else:
-                integrated = Gpu(gpu.index, gpu.uuid, gpu.model, POWER_INTEGRATION)
+                integrated = replace(gpu, energy_method=POWER_INTEGRATION)
                 self._devices.append(_Device(handle, integrated, PowerIntegral(self._max_step_s)))
 
     def _check_counters(self, found: list[tuple[Any, Gpu]], check_s: float) -> list[CounterCheck]:

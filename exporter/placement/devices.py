@@ -4,7 +4,9 @@ One resolver serves static placement (`gpus:` in the config) and the kubelet's a
 MIG UUID means the same in both. The forms, as the device plugins advertise them:
 
 - `GPU-<uuid>`: a whole GPU (NVIDIA's default `uuid` device-ID strategy); any other UUID the
-  energy source reports (AMD) is matched as is.
+  energy source reports is matched as is.
+- `0000:c1:00.0`: a GPU's PCI address (AMD's device plugin), where the source reports it; the
+  domain may be left out (`c1:00.0`).
 - `MIG-<uuid>`: a MIG device, mapped to its parent GPU and GPU instance through the MIG devices
   the energy source reports; `MIG-GPU-<uuid>/<gi>/<ci>`, the form of older drivers, names both.
 - `<id>::<n>`: replica n of a time-sliced or MPS-shared device (and AWS EKS's MIG form).
@@ -35,6 +37,7 @@ class DeviceResolver:
         gpus = tuple(gpus)
         self._by_uuid = {g.uuid.lower(): g.uuid for g in gpus}
         self._by_index = {g.index: g.uuid for g in gpus}
+        self._by_pci = {_pci(g.pci_bus_id): g.uuid for g in gpus if g.pci_bus_id}
         self._migs = {m.uuid.lower(): m for m in migs}
         self._mig_slices = {(m.parent_uuid.lower(), m.gpu_instance): m.slices for m in self._migs.values()}
 
@@ -48,6 +51,8 @@ class DeviceResolver:
             key = replica.group(1)
         if key in self._by_uuid:
             return Holding(self._by_uuid[key])
+        if _pci(key) in self._by_pci:
+            return Holding(self._by_pci[_pci(key)])
         if key in self._migs:
             mig = self._migs[key]
             return self._instance(mig.parent_uuid.lower(), mig.gpu_instance)
@@ -73,3 +78,9 @@ class DeviceResolver:
         if uuid is None:
             return None
         return Holding(uuid, gpu_instance, self._mig_slices.get((parent, gpu_instance)))
+
+
+def _pci(address: str) -> str:
+    """A PCI address in amdsmi's form, `dddd:bb:dd.f` in lower case (domain 0000 when left out)."""
+    address = address.lower()
+    return address if address.count(":") == 2 else f"0000:{address}"

@@ -17,7 +17,10 @@ MI300X_1 = "c2ff74a1-0000-1000-80a4-9ad5e3a1c002"
 
 async def test_counter_in_joules_after_a_passing_check(fake_amdsmi: ModuleType) -> None:
     smi = fake_amdsmi.SMI
-    smi.gpus = [fake_amdsmi.FakeGpu(MI300X_0, power_w=150.0), fake_amdsmi.FakeGpu(MI300X_1, power_w=400.0)]
+    smi.gpus = [
+        fake_amdsmi.FakeGpu(MI300X_0, power_w=150.0),
+        fake_amdsmi.FakeGpu(MI300X_1, bdf="0000:e1:00.0", power_w=400.0),
+    ]
     source = await AmdSource.open(max_step_s=5.0, check_s=0.1)
     assert [c.trusted for c in source.checks] == [True, True]
     assert source.checks[1].counter_w == pytest.approx(400.0, rel=0.05)
@@ -32,6 +35,8 @@ async def test_counter_in_joules_after_a_passing_check(fake_amdsmi: ModuleType) 
         (MI300X_0, "AMD Instinct MI300X", "counter", 150.0),
         (MI300X_1, "AMD Instinct MI300X", "counter", 400.0),
     ]
+    # The PCI address names the GPU to AMD's device plugin (placement from the kubelet).
+    assert [s.gpu.pci_bus_id for s in samples] == ["0000:c1:00.0", "0000:e1:00.0"]
 
 
 async def test_a_counter_at_the_wrong_rate_falls_back_to_power_integration(fake_amdsmi: ModuleType) -> None:
@@ -46,6 +51,7 @@ async def test_a_counter_at_the_wrong_rate_falls_back_to_power_integration(fake_
     [second] = await source.read()
     await source.close()
     assert first.gpu.energy_method == second.gpu.energy_method == "power_integration"
+    assert first.gpu.pci_bus_id == "0000:c1:00.0"
     assert second.energy_j - first.energy_j == pytest.approx(200.0 * (second.t - first.t))
 
 

@@ -61,6 +61,14 @@ def test_a_mig_instance_the_source_does_not_list_keeps_its_parent_without_slices
     assert DeviceResolver(GPUS).resolve("nvidia1/gi4") == Holding(B, 4, None)
 
 
+def test_amd_gpus_by_pci_address() -> None:
+    """AMD's device plugin names a GPU by its PCI address, as amdsmi reports it (domain optional)."""
+    amd = (Gpu(0, "c2ff74a1-0000-1000-80a4-9ad5e3a1c001", "MI300X", pci_bus_id="0000:c1:00.0"),)
+    assert DeviceResolver(amd).resolve("0000:C1:00.0") == Holding(amd[0].uuid)
+    assert DeviceResolver(amd).resolve("c1:00.0") == Holding(amd[0].uuid)
+    assert DeviceResolver(amd).resolve("0000:c2:00.0") is None
+
+
 def test_static_placement_accepts_mig_uuids() -> None:
     selectors: dict[str, list[int | str] | None] = {"a": [MIG_3G, 0], "b": [MIG_2G, "MIG-nope"]}
     placement, unmatched = place_static(selectors, GPUS, SOURCE.mig_devices)

@@ -38,7 +38,7 @@ def fleet() -> list[FakePod]:
         FakePod("embed", "tei-0", {"nvidia.com/mig-3g.40gb": [MIG]}),
         FakePod("gke", "job-0", {"nvidia.com/gpu": ["nvidia0", "nvidia2/gi2"]}),
         FakePod("idx", "job-1", {"nvidia.com/gpu": ["1"]}),
-        FakePod("amd", "job-2", {"amd.com/gpu": [A]}),
+        FakePod("amd", "job-2", {"amd.com/gpu": ["0000:c1:00.0"]}),  # AMD names GPUs by PCI address
         FakePod("custom", "job-3", {"nvidia.com/a100": [C], "example.com/fpga": ["fpga0"]}),
     ]
 
@@ -81,7 +81,7 @@ async def test_several_pods_are_one_list(kubelet: FakeKubelet) -> None:
         EMBED: {MIG},
         PodRef("gke", "job-0"): {"nvidia0", "nvidia2/gi2"},
         PodRef("idx", "job-1"): {"1"},
-        PodRef("amd", "job-2"): {A},
+        PodRef("amd", "job-2"): {"0000:c1:00.0"},
         PodRef("custom", "job-3"): {C},  # a configured extra name; example.com/fpga is not a GPU
         PodRef("llm", "gone-0"): frozenset(),
     }

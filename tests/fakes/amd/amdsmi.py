@@ -36,6 +36,7 @@ class AmdSmiLibraryException(AmdSmiException):
 @dataclass
 class FakeGpu:
     uuid: str
+    bdf: str = "0000:c1:00.0"
     market_name: str = "AMD Instinct MI300X"
     power_w: float = 150.0
     counter_rate: float = 1.0
@@ -82,6 +83,11 @@ def amdsmi_get_processor_handles() -> list[processor_handle]:
 
 def amdsmi_get_gpu_device_uuid(processor_handle: processor_handle) -> str:
     return _gpu(processor_handle).uuid
+
+
+def amdsmi_get_gpu_device_bdf(processor_handle: processor_handle) -> str:
+    """The PCI address, as amdsmi formats it: `DDDD:BB:DD.F`."""
+    return _gpu(processor_handle).bdf
 
 
 def amdsmi_get_gpu_asic_info(processor_handle: processor_handle) -> dict[str, object]:
