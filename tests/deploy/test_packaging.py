@@ -135,7 +135,16 @@ def kustomized(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- helm lint and render ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["defaults", "daemonset-nvml-gpu-operator", "sidecar-with-service"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "defaults",
+        "daemonset-nvml-gpu-operator",
+        "sidecar-with-service",
+        "daemonset-kubelet",
+        "sidecar-kubelet",
+    ],
+)
 def test_chart_lints_clean_in_strict_mode(name: str) -> None:
     helm = require_module("helm_python")
     report = helm.lint(str(CHART_DIR), VALUE_SETS.get(name, {}), strict=True)
