@@ -22,11 +22,11 @@ from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ServerConfig
-from exporter.energy import EnergyReadError, EnergySource, RefreshObserving
+from exporter.energy import ActivityReporting, EnergyReadError, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth, TokenwattCollector
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import WebConfig
-from exporter.model import Gpu
+from exporter.model import Gpu, PodRef
 from exporter.placement import place_static
 from exporter.tokens.scraper import ScrapeError, TokenScraper
 
@@ -191,6 +191,8 @@ class Daemon:
                 log.info("energy source up", source=state.name, gpus=len(samples))
             state.up = True
             self._place({s.gpu for s in samples})
+            if isinstance(self.source, ActivityReporting):
+                self.accountant.add_activity(self.source.activity)
             for gpu in self.accountant.add_energy(samples):
                 log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
 
@@ -210,7 +212,12 @@ class Daemon:
         if seen == self._gpus:
             return
         self._gpus = seen
-        placement, unmatched = place_static({s.name: s.gpus for s in self.config.servers}, seen)
+        placement, unmatched = place_static(
+            {s.name: s.gpus for s in self.config.servers},
+            seen,
+            self.source.mig_devices if isinstance(self.source, MigReporting) else (),
+            {s.name: PodRef("", "", s.pod_uid) for s in self.config.servers if s.pod_uid is not None},
+        )
         self.accountant.set_placement(placement)
         for u in unmatched:
             log.error("no such GPU", server=u.server, gpu=u.selector, gpus_seen=[g.index for g in seen])

@@ -247,6 +247,9 @@ class GenericConfig(_Strict):
         )
 
 
+POD_UID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 class ServerConfig(_Strict):
     name: Annotated[str, BeforeValidator(_server_name)]
     url: Annotated[str, BeforeValidator(_url)]
@@ -258,6 +261,9 @@ class ServerConfig(_Strict):
     max_page_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     generic: GenericConfig | None = None
     """The families to read; required by `kind: generic` and only allowed with it."""
+    pod_uid: str | None = Field(None, pattern=POD_UID_PATTERN)
+    """UID of the Kubernetes pod the server runs in (Downward API `metadata.uid`): matches the
+    server to its pod's processes, so a GPU it shares whole is split by measured activity."""
 
     @model_validator(mode="after")
     def _check_generic(self) -> ServerConfig:

@@ -18,6 +18,7 @@ For every GPU the shares add up to at most one, so no joule is counted twice.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,17 @@ from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
 MIG_SLICES_PER_GPU = 7
 """Compute slices of a MIG-capable GPU (A100, H100, H200): a `3g.40gb` instance has 3 of them."""
 SHARE_METHODS = ("exclusive", "activity", "mig_activity", "mig_slices", "equal")
+
+_PROFILE = re.compile(r"(?:^|\.)([1-7])g\.\d+gb")
+
+
+def mig_profile_slices(profile: str) -> int:
+    """Compute slices of a MIG profile's GPU instance: `3g.40gb` -> 3, `1c.3g.40gb` -> 3,
+    `1g.10gb+me` -> 1. ValueError for anything else."""
+    found = _PROFILE.search(profile)
+    if found is None:
+        raise ValueError(f"not a MIG profile: {profile!r} (expected e.g. 3g.40gb)")
+    return int(found.group(1))
 
 
 @dataclass(frozen=True, slots=True, order=True)
