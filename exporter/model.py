@@ -109,7 +109,8 @@ class GpuActivity:
     compute, 0 to 1, so the tenants of one GPU add up to at most one.
 
     `pods` is for a GPU shared whole (time-slicing, MPS): pod UID -> the SM activity of that pod's
-    processes (NVML per-process samples, summed over the pod's PIDs). `instances` is for a MIG
+    processes (NVML per-process samples, summed over the pod's PIDs; key `""` for processes in no
+    pod, whose part is nobody's). `instances` is for a MIG
     GPU: GPU instance ID -> its graphics-engine activity (DCGM `DCGM_FI_PROF_GR_ENGINE_ACTIVE`, a
     fraction of the instance) times the instance's compute slices over the GPU's seven.
     """

@@ -9,7 +9,10 @@ against the installed `nvidia-ml-py`.
 
 The simulated machine is `DRIVER`: tests set GPUs' energy (mJ) and power (mW), make the library
 missing, make a GPU lack the energy counter (pre-Volta), lose a GPU, or reload the driver (counters
-restart from zero and old handles die).
+restart from zero and old handles die). Processes' utilization samples (pid, timeStamp in µs since
+1970, smUtil %) are returned as the driver does: only those newer than the caller's timestamp,
+`NotFound` when there are none, `NotSupported` on a GPU without per-process data (MIG mode), and
+`FunctionNotFound` for `nvmlDeviceGetProcessesUtilizationInfo` on drivers older than 550.
 """
 
 from __future__ import annotations
@@ -136,6 +139,30 @@ class c_nvmlValue_t(Union):
     ]
 
 
+class c_nvmlProcessUtilizationSample_t(Structure):
+    _fields_ = [
+        ("pid", c_uint),
+        ("timeStamp", c_ulonglong),
+        ("smUtil", c_uint),
+        ("memUtil", c_uint),
+        ("encUtil", c_uint),
+        ("decUtil", c_uint),
+    ]
+
+
+class c_nvmlProcessUtilizationInfo_v1_t(Structure):
+    _fields_ = [
+        ("timeStamp", c_ulonglong),
+        ("pid", c_uint),
+        ("smUtil", c_uint),
+        ("memUtil", c_uint),
+        ("encUtil", c_uint),
+        ("decUtil", c_uint),
+        ("jpgUtil", c_uint),
+        ("ofaUtil", c_uint),
+    ]
+
+
 class c_nvmlFieldValue_t(Structure):
     _fields_ = [
         ("fieldId", c_uint32),
@@ -162,6 +189,10 @@ class FakeGpu:
     power_supported: bool = True
     lost: bool = False
     """The GPU fell off the bus: every call on it raises NVMLError_GpuIsLost."""
+    process_samples: list[tuple[int, int, int]] = field(default_factory=list)
+    """(pid, timeStamp µs since 1970, smUtil %) per process and sampling period."""
+    process_utilization_supported: bool = True
+    """False in MIG mode (and on GPUs without per-process data): NVMLError_NotSupported."""
 
 
 @dataclass
@@ -171,6 +202,8 @@ class FakeDriver:
     driver_loaded: bool = True
     generation: int = 0
     """Bumped by a driver reload: handles from before it are dead."""
+    processes_utilization_info: bool = True
+    """False for drivers before 550, which lack `nvmlDeviceGetProcessesUtilizationInfo`."""
     initialised: int = 0
     calls: list[str] = field(default_factory=list)
     clock: Callable[[], float] = time.time
@@ -283,3 +316,34 @@ def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int | tuple[int, in
         else:
             v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
     return values
+
+
+def _process_samples(handle: _Handle, timeStamp: int) -> list[tuple[int, int, int]]:
+    gpu = _gpu(handle)
+    if not gpu.process_utilization_supported:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    newer = [s for s in gpu.process_samples if s[1] > timeStamp]
+    if not newer:
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return newer
+
+
+def nvmlDeviceGetProcessUtilization(handle: _Handle, timeStamp: int):
+    """Samples newer than `timeStamp` (µs), as a list of `c_nvmlProcessUtilizationSample_t`."""
+    DRIVER.calls.append("nvmlDeviceGetProcessUtilization")
+    return [
+        c_nvmlProcessUtilizationSample_t(pid, stamp, util, 0, 0, 0)
+        for pid, stamp, util in _process_samples(handle, timeStamp)
+    ]
+
+
+def nvmlDeviceGetProcessesUtilizationInfo(handle: _Handle, timeStamp: int):
+    """The same samples as `c_nvmlProcessUtilizationInfo_v1_t` (drivers 550 and later)."""
+    DRIVER.calls.append("nvmlDeviceGetProcessesUtilizationInfo")
+    _check_init()
+    if not DRIVER.processes_utilization_info:
+        raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+    return [
+        c_nvmlProcessUtilizationInfo_v1_t(stamp, pid, util, 0, 0, 0, 0, 0)
+        for pid, stamp, util in _process_samples(handle, timeStamp)
+    ]
