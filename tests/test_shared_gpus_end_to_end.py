@@ -16,7 +16,7 @@ from exporter.app import Daemon
 from exporter.config import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, SharedFleet, SharedGpu, SimulatedSource, Tenant
-from tests.test_end_to_end import get_text, samples, value
+from tests.test_end_to_end import get_text, samples, serving, value
 
 FULL_W = 400.0
 UIDS = {"ts-a": "0a0a0a0a-0000-4000-8000-00000000000a", "ts-b": "0b0b0b0b-0000-4000-8000-00000000000b"}
@@ -80,16 +80,11 @@ async def test_shared_and_mig_gpus_are_split_by_measured_activity() -> None:
         }
     )
     daemon = Daemon(config, SimulatedSource(fleet))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
     try:
-        url = await asyncio.wait_for(listening, 5)
-        await asyncio.sleep(6.0)
-        found = samples(await get_text(url))
+        async with serving(daemon) as url:
+            await asyncio.sleep(6.0)
+            found = samples(await get_text(url))
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         for server in servers.values():
             await server.stop()
 

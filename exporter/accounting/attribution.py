@@ -108,21 +108,32 @@ class GpuLedger:
         end = min(horizon_t, latest)
         if end <= start:
             return
-        cuts = sorted(
-            {start, end}
-            | {c.t_start for c in self._claims if start < c.t_start < end}
-            | {c.t_end for c in self._claims if start < c.t_end < end}
-        )
+        # One sweep over the instants where a claim or a share step starts or ends: in between,
+        # the servers with a claim there take their step's shares, the rest is unattributed.
+        inside = {c.t_start for c in self._claims} | {c.t_end for c in self._claims}
+        inside |= {s.t_start for s in self._steps} | {s.t_end for s in self._steps}
+        points = sorted({start, end} | {t for t in inside if start < t < end})
+        starting: dict[float, list[str]] = {}
+        ending: dict[float, list[str]] = {}
+        for c in self._claims:
+            starting.setdefault(max(c.t_start, start), []).append(c.server)
+            ending.setdefault(c.t_end, []).append(c.server)
+        active: set[str] = set()
+        steps = self._steps
+        i = 0
         energy_prev = self.track.energy_spanning(start)
-        for lo, hi in pairwise(cuts):
-            covering = [c.server for c in self._claims if c.t_start <= lo and hi <= c.t_end]
-            for _, b, shares in self._pieces(lo, hi):
-                energy_b = self.track.energy_spanning(b)
-                used = energy_b - energy_prev
-                claimed = min(1.0, sum(shares.get(server, 0.0) for server in covering))
-                self.attributed_j += used * claimed
-                self.unattributed_j += used - used * claimed
-                energy_prev = energy_b
+        for lo, hi in pairwise(points):
+            active.difference_update(ending.get(lo, ()))
+            active.update(starting.get(lo, ()))
+            while i < len(steps) and steps[i].t_end <= lo:
+                i += 1
+            shares = steps[i].shares if i < len(steps) and steps[i].t_start <= lo else _NO_SHARES
+            energy_hi = self.track.energy_spanning(hi)
+            used = energy_hi - energy_prev
+            claimed = min(1.0, sum(shares.get(server, 0.0) for server in active))
+            self.attributed_j += used * claimed
+            self.unattributed_j += used - used * claimed
+            energy_prev = energy_hi
         self.settled_j = energy_prev
         self._horizon_t = end
         self._claims = [c for c in self._claims if c.t_end > end]

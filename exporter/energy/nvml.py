@@ -32,7 +32,7 @@ from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.activity import PodActivity
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuActivity, GpuSample
+from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
 
 log = structlog.get_logger("tokenwatt.energy")
 
@@ -96,6 +96,8 @@ class NvmlSource:
         """False once the driver lacks `nvmlDeviceGetProcessesUtilizationInfo`."""
         self.activity: tuple[GpuActivity, ...] = ()
         """Per-pod activity of each GPU over the latest read (see `ActivityReporting`)."""
+        self.mig_devices: tuple[MigDevice, ...] = ()
+        """The MIG devices of MIG-enabled GPUs, as found at start-up (see `MigReporting`)."""
 
     @classmethod
     async def open(cls, max_step_s: float) -> NvmlSource:
@@ -136,6 +138,39 @@ class NvmlSource:
             method = COUNTER if integral is None else POWER_INTEGRATION
             devices.append(_Device(handle, Gpu(index, uuid, name, method), integral))
         self._devices = devices
+        self.mig_devices = tuple(m for d in devices for m in self._migs(d))
+
+    def _migs(self, device: _Device) -> list[MigDevice]:
+        """The MIG devices of one GPU: none where MIG is unsupported or off."""
+        nvml = self._nvml
+        try:
+            current, _ = nvml.nvmlDeviceGetMigMode(device.handle)
+        except nvml.NVMLError:
+            return []  # NotSupported: a GPU without MIG
+        if current != nvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        found = []
+        try:
+            for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(device.handle)):
+                try:
+                    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device.handle, i)
+                except nvml.NVMLError_NotFound:
+                    continue  # no MIG device at this index
+                name = str(nvml.nvmlDeviceGetName(mig))  # "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
+                found.append(
+                    MigDevice(
+                        uuid=str(nvml.nvmlDeviceGetUUID(mig)),
+                        parent_uuid=device.gpu.uuid,
+                        gpu_instance=int(nvml.nvmlDeviceGetGpuInstanceId(mig)),
+                        profile=name.rpartition(" MIG ")[2] or name,
+                        slices=int(nvml.nvmlDeviceGetAttributes(mig).gpuInstanceSliceCount),
+                    )
+                )
+        except nvml.NVMLError as e:
+            # Energy is read per physical GPU all the same; only MIG device IDs go unresolved.
+            log.warning("MIG devices not listed", gpu=device.gpu.index, reason=error_reason(e), error=str(e))
+            return []
+        return found
 
     async def read(self) -> list[GpuSample]:
         return await self._thread.call(self._read)

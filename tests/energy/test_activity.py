@@ -9,10 +9,11 @@ from types import ModuleType
 import pytest
 
 from exporter.config import DcgmExporterConfig
-from exporter.energy import ActivityReporting
+from exporter.energy import ActivityReporting, MigReporting
 from exporter.energy.activity import OUTSIDE_PODS, pod_uid_of
 from exporter.energy.dcgm_exporter import DcgmExporterSource
 from exporter.energy.nvml import NvmlSource
+from exporter.model import MigDevice
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 
 SHARED = "GPU-5a1b2c3d-0000-4000-8000-0000000000a1"
@@ -131,3 +132,26 @@ async def test_dcgm_exporter_gives_each_mig_instance_its_part_of_the_gpu() -> No
     [activity] = source.activity
     assert activity.uuid == MIG and activity.pods == {}
     assert activity.instances == pytest.approx({1: 0.7 * 3 / 7, 5: 0.35 * 2 / 7})
+
+
+async def test_nvml_lists_the_mig_devices_of_mig_enabled_gpus(fake_nvml: ModuleType) -> None:
+    mig_a, mig_b = "MIG-6f0e1d2c-3b4a-5968-8776-a5b4c3d2e1f0", "MIG-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f9"
+    fake_nvml.DRIVER.gpus = [
+        fake_nvml.FakeGpu(SHARED),  # no MIG at all: GetMigMode is not supported
+        fake_nvml.FakeGpu(
+            MIG,
+            name="NVIDIA A100-SXM4-80GB",
+            mig_capable=True,
+            migs=[fake_nvml.FakeMig(mig_a, 1, "3g.40gb", 3), fake_nvml.FakeMig(mig_b, 5, "1g.10gb+me", 1)],
+        ),
+        fake_nvml.FakeGpu("GPU-5a1b2c3d-0000-4000-8000-0000000000a3", mig_capable=True),  # MIG off
+    ]
+    source = await NvmlSource.open(max_step_s=5.0)
+    try:
+        assert isinstance(source, MigReporting)
+        assert source.mig_devices == (
+            MigDevice(mig_a, MIG, 1, "3g.40gb", 3),
+            MigDevice(mig_b, MIG, 5, "1g.10gb+me", 1),
+        )
+    finally:
+        await source.close()

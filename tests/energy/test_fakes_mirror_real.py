@@ -45,7 +45,7 @@ def test_functions_and_structures_match(real_pynvml: ModuleType, fake_nvml: Modu
         fake = inspect.signature(getattr(fake_nvml, name)).parameters
         assert list(real) == list(fake), name
     structs = ("c_nvmlFieldValue_t", "c_nvmlValue_t", "c_nvmlProcessUtilizationSample_t")
-    for struct in (*structs, "c_nvmlProcessUtilizationInfo_v1_t"):
+    for struct in (*structs, "c_nvmlProcessUtilizationInfo_v1_t", "c_nvmlDeviceAttributes"):
         real_fields = [(n, t.__name__) for n, t in getattr(real_pynvml, struct)._fields_]
         fake_fields = [(n, t.__name__) for n, t in getattr(fake_nvml, struct)._fields_]
         assert real_fields == fake_fields, struct

@@ -66,6 +66,9 @@ NVML_FI_DEV_POWER_INSTANT = 186
 NVML_DEVICE_ARCH_PASCAL = 4
 NVML_DEVICE_ARCH_VOLTA = 5
 
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+
 
 class NVMLError(Exception):
     _valClassMapping: ClassVar[dict[int, type[NVMLError]]] = {}
@@ -163,6 +166,20 @@ class c_nvmlProcessUtilizationInfo_v1_t(Structure):
     ]
 
 
+class c_nvmlDeviceAttributes(Structure):
+    _fields_ = [
+        ("multiprocessorCount", c_uint),
+        ("sharedCopyEngineCount", c_uint),
+        ("sharedDecoderCount", c_uint),
+        ("sharedEncoderCount", c_uint),
+        ("sharedJpegCount", c_uint),
+        ("sharedOfaCount", c_uint),
+        ("gpuInstanceSliceCount", c_uint),
+        ("computeInstanceSliceCount", c_uint),
+        ("memorySizeMB", c_ulonglong),
+    ]
+
+
 class c_nvmlFieldValue_t(Structure):
     _fields_ = [
         ("fieldId", c_uint32),
@@ -176,6 +193,17 @@ class c_nvmlFieldValue_t(Structure):
 
 
 # --- the simulated machine -------------------------------------------------------------------
+
+
+@dataclass
+class FakeMig:
+    """A MIG device (GPU instance with one compute instance) on a MIG-enabled GPU."""
+
+    uuid: str
+    gpu_instance: int
+    profile: str
+    """e.g. `3g.40gb`: NVML names the device `<GPU name> MIG <profile>`."""
+    slices: int
 
 
 @dataclass
@@ -193,6 +221,10 @@ class FakeGpu:
     """(pid, timeStamp µs since 1970, smUtil %) per process and sampling period."""
     process_utilization_supported: bool = True
     """False in MIG mode (and on GPUs without per-process data): NVMLError_NotSupported."""
+    mig_capable: bool = False
+    """A100/H100-class GPU: MIG mode can be queried (else NVMLError_NotSupported)."""
+    migs: list[FakeMig] = field(default_factory=list)
+    """MIG devices; MIG mode is enabled when there are any."""
 
 
 @dataclass
@@ -222,6 +254,19 @@ DRIVER = FakeDriver()
 class _Handle:
     index: int
     generation: int
+
+
+@dataclass(frozen=True)
+class _MigHandle:
+    parent: _Handle
+    index: int
+
+
+def _mig(handle: _MigHandle) -> FakeMig:
+    migs = _gpu(handle.parent).migs
+    if not 0 <= handle.index < len(migs):
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return migs[handle.index]
 
 
 def _check_init() -> None:
@@ -274,12 +319,53 @@ def nvmlDeviceGetHandleByUUID(uuid: str) -> _Handle:
     raise NVMLError(NVML_ERROR_NOT_FOUND)
 
 
-def nvmlDeviceGetUUID(handle: _Handle) -> str:
-    return _gpu(handle).uuid
+def nvmlDeviceGetUUID(handle: _Handle | _MigHandle) -> str:
+    return _mig(handle).uuid if isinstance(handle, _MigHandle) else _gpu(handle).uuid
 
 
-def nvmlDeviceGetName(handle: _Handle) -> str:
+def nvmlDeviceGetName(handle: _Handle | _MigHandle) -> str:
+    if isinstance(handle, _MigHandle):
+        return f"{_gpu(handle.parent).name} MIG {_mig(handle).profile}"
     return _gpu(handle).name
+
+
+def nvmlDeviceGetMigMode(device: _Handle) -> list[int]:
+    """[current, pending] mode; NotSupported on GPUs without MIG."""
+    gpu = _gpu(device)
+    if not gpu.mig_capable:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    mode = NVML_DEVICE_MIG_ENABLE if gpu.migs else NVML_DEVICE_MIG_DISABLE
+    return [mode, mode]
+
+
+def nvmlDeviceGetMaxMigDeviceCount(device: _Handle) -> int:
+    """How many MIG devices could exist (7 on A100/H100 in MIG mode); zero when MIG is off."""
+    gpu = _gpu(device)
+    return 7 if gpu.mig_capable and gpu.migs else 0
+
+
+def nvmlDeviceGetMigDeviceHandleByIndex(device: _Handle, index: int) -> _MigHandle:
+    """NotFound for an index where no MIG device exists."""
+    handle = _MigHandle(device, index)
+    _mig(handle)
+    return handle
+
+
+def nvmlDeviceGetGpuInstanceId(device: _Handle | _MigHandle) -> int:
+    if not isinstance(device, _MigHandle):
+        _gpu(device)
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return _mig(device).gpu_instance
+
+
+def nvmlDeviceGetAttributes(device: _Handle | _MigHandle) -> c_nvmlDeviceAttributes:
+    attributes = c_nvmlDeviceAttributes()
+    if isinstance(device, _MigHandle):
+        attributes.gpuInstanceSliceCount = attributes.computeInstanceSliceCount = _mig(device).slices
+    else:
+        _gpu(device)
+        attributes.gpuInstanceSliceCount = attributes.computeInstanceSliceCount = 7
+    return attributes
 
 
 def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
