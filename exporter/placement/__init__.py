@@ -18,12 +18,16 @@ For every GPU the shares add up to at most one, so no joule is counted twice.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
+
+_K = TypeVar("_K")
 
 MIG_SLICES_PER_GPU = 7
 """Compute slices of a MIG-capable GPU (A100, H100, H200): a `3g.40gb` instance has 3 of them."""
@@ -83,14 +87,15 @@ class Placement:
         if len(held) == 1:
             return tuple(Share(server, 1.0, "exclusive") for server in held)
         uids = {server: self.pods[server].uid if server in self.pods else None for server in held}
-        if activity is None or not activity.pods or any(uid is None for uid in uids.values()):
+        pods = _measured(activity.pods) if activity is not None else {}
+        if not pods or any(uid is None for uid in uids.values()):
             return tuple(Share(server, 1.0 / len(held), "equal") for server in sorted(held))
-        total = sum(activity.pods.values())
+        total = sum(pods.values())
         if total <= 0:  # nobody ran anything: the idle GPU's energy in equal shares
             return tuple(Share(server, 1.0 / len(held), "activity") for server in sorted(held))
         servers_of = Counter(uids.values())
         return tuple(
-            Share(server, activity.pods.get(uid or "", 0.0) / total / servers_of[uid], "activity")
+            Share(server, pods.get(uid or "", 0.0) / total / servers_of[uid], "activity")
             for server, uid in sorted(uids.items())
         )
 
@@ -108,22 +113,28 @@ class Share:
 def _mig_shares(held: Mapping[str, list[Holding]], activity: GpuActivity | None) -> tuple[Share, ...]:
     """Shares of a MIG GPU whose holders each hold one or more GPU instances."""
     holders = Counter(h.mig_instance for hs in held.values() for h in hs)
-    weights = activity.instances if activity is not None else {}
+    weights = _measured(activity.instances) if activity is not None else {}
     total = sum(weights.values())
     weight_of: dict[int | None, float]
     if total > 0:
         method, weight_of = "mig_activity", {gi: w / total for gi, w in weights.items()}
     elif all(h.mig_slices is not None for hs in held.values() for h in hs):
         method = "mig_slices"
-        weight_of = {
-            h.mig_instance: (h.mig_slices or 0) / MIG_SLICES_PER_GPU for hs in held.values() for h in hs
-        }
+        slices = {h.mig_instance: h.mig_slices or 0 for hs in held.values() for h in hs}
+        # More slices than the GPU has cannot be: scale down rather than count a joule twice.
+        whole = max(MIG_SLICES_PER_GPU, sum(slices.values()))
+        weight_of = {gi: n / whole for gi, n in slices.items()}
     else:
         return tuple(Share(server, 1.0 / len(held), "equal") for server in sorted(held))
     return tuple(
         Share(server, sum(weight_of.get(h.mig_instance, 0.0) / holders[h.mig_instance] for h in hs), method)
         for server, hs in sorted(held.items())
     )
+
+
+def _measured(values: Mapping[_K, float]) -> dict[_K, float]:
+    """The readings that can be activity: finite and not negative."""
+    return {k: v for k, v in values.items() if math.isfinite(v) and v >= 0}
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,13 @@ each GPU is split by the method its sharing and the measured activity allow."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from pytest import approx
 
 from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
-from exporter.placement import Holding, Share, Unmatched, place_static
+from exporter.placement import SHARE_METHODS, Holding, Share, Unmatched, mig_profile_slices, place_static
 
 GPUS = [Gpu(i, f"GPU-aaaa-{i}", "H100") for i in range(4)]
 MIGS = [
@@ -79,3 +82,34 @@ def test_unknown_selectors_are_reported() -> None:
     placement, unmatched = place_static({"a": [0, 7, "GPU-nope"]}, GPUS)
     assert placement.gpus["a"] == {"GPU-aaaa-0"}
     assert unmatched == [Unmatched("a", 7), Unmatched("a", "GPU-nope")]
+
+
+def test_readings_that_cannot_be_activity_are_ignored_and_slices_never_exceed_the_gpu() -> None:
+    placement, _ = place_static({"a": [0], "b": [0]}, GPUS, pods={"a": POD_A, "b": POD_B})
+    poisoned = GpuActivity("GPU-aaaa-0", 5.0, pods={"uid-a": float("nan"), "uid-b": -1.0})
+    assert {s.method for s in placement.shares("GPU-aaaa-0", poisoned)} == {"equal"}
+    half = GpuActivity("GPU-aaaa-0", 5.0, pods={"uid-a": float("inf"), "uid-b": 0.4})
+    assert _values(placement.shares("GPU-aaaa-0", half)) == {"a": (0.0, "activity"), "b": (1.0, "activity")}
+    # A source claiming 5 + 4 slices on one GPU: scaled to the whole GPU, not past it.
+    too_many = [
+        MigDevice("MIG-x-1", "GPU-aaaa-2", 1, "5g.40gb", 5),
+        MigDevice("MIG-x-2", "GPU-aaaa-2", 2, "4g.40gb", 4),
+    ]
+    mig, _ = place_static({"a": ["MIG-x-1"], "b": ["MIG-x-2"]}, GPUS, too_many)
+    assert sum(s.share for s in mig.shares("GPU-aaaa-2", None)) == approx(1.0)
+
+
+def test_every_share_method_is_documented() -> None:
+    docs = Path(__file__).parent.parent.parent / "docs"
+    metrics, accuracy = (docs / "metrics.md").read_text(), (docs / "accuracy.md").read_text()
+    for method in SHARE_METHODS:
+        assert f"`{method}` (" in metrics, method
+        assert f"| `{method}` |" in accuracy, method
+
+
+def test_mig_profiles_name_their_compute_slices() -> None:
+    cases = {"3g.40gb": 3, "1c.3g.40gb": 3, "1g.10gb+me": 1, "7g.80gb": 7, "1g.18gb": 1, "4g.71gb": 4}
+    assert {p: mig_profile_slices(p) for p in cases} == cases
+    for bad in ("", "MIG", "8g.80gb", "3g"):
+        with pytest.raises(ValueError, match="not a MIG profile"):
+            mig_profile_slices(bad)
