@@ -200,10 +200,10 @@ class Accountant:
         self.placement = placement
 
     def add_activity(self, activity: Iterable[GpuActivity]) -> None:
-        """Record the activity measured up to the readings that follow; it decides the shares of the
-        stretch that ends at each GPU's next reading (and later ones, until newer activity comes)."""
-        for a in activity:
-            self._activity[a.uuid] = a
+        """Record the activity of a read, before its readings: it decides the shares of the stretch
+        that ends at each GPU's next reading. A GPU left out has no activity measured (its shares
+        fall back to equal or MIG slices): what an earlier read measured does not linger."""
+        self._activity = {a.uuid: a for a in activity}
 
     def add_energy(self, samples: Iterable[GpuSample]) -> list[Gpu]:
         """Record energy readings; return the GPUs whose counter was found reset.

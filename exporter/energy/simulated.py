@@ -137,9 +137,7 @@ class SimulatedFleet:
             raise ValueError("a simulated fleet needs at least one GPU")
         self.schedule = schedule
         self.power = power
-        self.gpus = tuple(
-            Gpu(index=i, uuid=_gpu_uuid(i), model=gpu_model) for i in range(gpus)
-        )
+        self.gpus = tuple(Gpu(index=i, uuid=_gpu_uuid(i), model=gpu_model) for i in range(gpus))
 
     def energy_at(self, t: float) -> float:
         """Exact energy in joules one GPU has used from the schedule's start to `t`."""

@@ -48,3 +48,17 @@ def test_each_stretch_is_split_by_the_activity_measured_over_it() -> None:
     # its last) are nobody's.
     assert gpu.attributed_j + acc.gpu_ledgers[GPU0.uuid].pending_j() == pytest.approx(337.5)
     assert gpu.attributed_j + gpu.unattributed_j == pytest.approx(gpu.settled_energy_j)
+
+
+def test_activity_a_read_did_not_measure_does_not_linger() -> None:
+    acc = Accountant(["a", "b"], [60.0], gap_limit_s=5.0)
+    holding = frozenset({Holding(GPU0.uuid)})
+    pods = {"a": PodRef("ns", "a", "uid-a"), "b": PodRef("ns", "b", "uid-b")}
+    acc.set_placement(Placement({"a": holding, "b": holding}, pods))
+    energy(acc, 0.0, 0.0)
+    acc.add_activity([GpuActivity(GPU0.uuid, 1.0, pods={"uid-a": 0.9, "uid-b": 0.1})])
+    energy(acc, 1.0, 100.0)
+    assert [(s.share, s.method) for s in acc.shares[GPU0.uuid]] == [(0.9, "activity"), (0.1, "activity")]
+    acc.add_activity([])  # the next read measured nothing on this GPU
+    energy(acc, 2.0, 200.0)
+    assert [(s.share, s.method) for s in acc.shares[GPU0.uuid]] == [(0.5, "equal"), (0.5, "equal")]
