@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pytest import approx
 
+from exporter.config import ConfigError, validate_config
 from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
 from exporter.placement import SHARE_METHODS, Holding, Share, Unmatched, mig_profile_slices, place_static
 
@@ -113,3 +114,11 @@ def test_mig_profiles_name_their_compute_slices() -> None:
     for bad in ("", "MIG", "8g.80gb", "3g"):
         with pytest.raises(ValueError, match="not a MIG profile"):
             mig_profile_slices(bad)
+
+
+def test_a_servers_pod_uid_is_checked_where_it_is_configured() -> None:
+    server = {"name": "a", "url": "http://127.0.0.1:8000/metrics", "gpus": [0]}
+    uid = "0a0a0a0a-1111-4222-8333-00000000000a"
+    assert validate_config({"servers": [server | {"pod_uid": uid}]}).servers[0].pod_uid == uid
+    with pytest.raises(ConfigError, match=r"servers\[0\]\.pod_uid: .*'pod-a'"):
+        validate_config({"servers": [server | {"pod_uid": "pod-a"}]})
