@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from exporter.config import DcgmExporterConfig
-from exporter.energy import ActivityReporting, MigReporting
+from exporter.config import DcgmConfig, DcgmExporterConfig
+from exporter.energy import ActivityReporting, EnergyReadError, MigReporting
 from exporter.energy.activity import OUTSIDE_PODS, pod_uid_of
+from exporter.energy.dcgm import DcgmSource
 from exporter.energy.dcgm_exporter import DcgmExporterSource
 from exporter.energy.nvml import NvmlSource
 from exporter.model import MigDevice
@@ -153,5 +155,60 @@ async def test_nvml_lists_the_mig_devices_of_mig_enabled_gpus(fake_nvml: ModuleT
             MigDevice(mig_a, MIG, 1, "3g.40gb", 3),
             MigDevice(mig_b, MIG, 5, "1g.10gb+me", 1),
         )
+    finally:
+        await source.close()
+
+
+def _mig_host(engine: Any, profiling: bool = True) -> None:
+    import fake_hostengine
+
+    engine.profiling = profiling
+    engine.clock = lambda: 1_700_000_000.0
+    engine.gpus = [
+        fake_hostengine.FakeGpu(SHARED, energy_mj=5_000),
+        fake_hostengine.FakeGpu(
+            MIG,
+            energy_mj=7_000,
+            instances=[
+                fake_hostengine.FakeInstance(1, 3, engine_active=0.7),
+                fake_hostengine.FakeInstance(5, 2, engine_active=0.35),
+            ],
+        ),
+    ]
+
+
+async def test_dcgm_watches_each_mig_instances_engine_and_weights_it_by_slices(fake_dcgm: Any) -> None:
+    _mig_host(fake_dcgm)
+    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    try:
+        assert isinstance(source, ActivityReporting)
+        fake_dcgm.sample()
+        assert len(await source.read()) == 2
+        [activity] = source.activity
+        assert (activity.uuid, activity.t) == (MIG, 1_700_000_000.0)
+        assert activity.instances == pytest.approx({1: 0.7 * 3 / 7, 5: 0.35 * 2 / 7})
+        # Watched on the group of every GPU instance, by number, every interval.
+        assert (1001,) in [fields for _, fields, *_ in fake_dcgm.watches]
+        assert fake_dcgm.groups == {1: 3}  # DCGM_GROUP_DEFAULT_INSTANCES
+
+        fake_dcgm.restart()  # a new host engine forgot the watch: the reconnect watches again
+        with pytest.raises(EnergyReadError):
+            await source.read()
+        fake_dcgm.gpus[1].instances[0].engine_active = 0.1
+        await source.read()
+        fake_dcgm.sample()
+        await source.read()
+        assert source.activity[0].instances == pytest.approx({1: 0.1 * 3 / 7, 5: 0.35 * 2 / 7})
+    finally:
+        await source.close()
+
+
+async def test_dcgm_without_profiling_reads_energy_and_no_activity(fake_dcgm: Any) -> None:
+    _mig_host(fake_dcgm, profiling=False)
+    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    try:
+        fake_dcgm.sample()
+        assert len(await source.read()) == 2
+        assert source.activity == ()
     finally:
         await source.close()
