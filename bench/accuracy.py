@@ -14,7 +14,10 @@ with dcgm-exporter refreshing every 30 s, Prometheus scraping it and the server 
 `rate()` extrapolating as Prometheus 2.x does. Both are evaluated every 5 s and compared with the
 truth over what each claims to measure: tokenwatt's window is the intervals between its token
 samples that ended inside it (it reports those, so they are what it is checked against); the
-recipe's is the range `[T - w, T]`. It prints the markdown tables of `docs/accuracy.md`.
+recipe's is the range `[T - w, T]`. On shared GPUs tokenwatt is fed the tenants' measured
+activity (per pod on a GPU shared whole, per MIG instance), and measured once more without it
+(equal shares, MIG slices) to compare the share methods. It prints the markdown tables of
+`docs/accuracy.md`.
 """
 
 from __future__ import annotations
@@ -32,24 +35,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from traces import (
     SCENARIOS,
+    Scenario,
     Scrape,
     Truth,
     energy_counter,
     simulate,
+    skewed,
     token_counters,
     tokenwatt_energy,
     tokenwatt_scrapes,
 )
 
 from exporter.accounting.book import Accountant
-from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
-from exporter.placement import Placement
+from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
+from exporter.placement import Holding, Placement
 
 WINDOWS_S = (60.0, 300.0)
 COMPLETION_WINDOWS_S = (60.0, 300.0, 900.0)
 EVALUATE_EVERY_S = 5.0
 FIRST_EVALUATION_S = 360.0
 FIT_FROM_S = 600.0
+SKEW = {"shared": {"a": 360.0, "b": 240.0}, "mig": {"a": 360.0, "b": 240.0}}
+"""Power per busy second by tenant (their `full_w`), for the share-method rows of skewed tenants:
+a draws 1.5x the power of b for the same activity."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,11 @@ class Errors:
     def median(self) -> float:
         return statistics.median(self.values) if self.values else float("nan")
 
+    def worst_with(self, min_tokens: float) -> float:
+        """The worst error over the windows that hold at least `min_tokens` output tokens."""
+        found = [e for e, n in zip(self.values, self.tokens, strict=True) if n >= min_tokens]
+        return max(found) if found else float("nan")
+
 
 @dataclass(frozen=True)
 class FitError:
@@ -106,13 +119,26 @@ def run_tokenwatt(
     windows: tuple[float, ...],
     energy_interval_s: float = 1.0,
     periodic_only: bool = False,
+    activity: bool = True,
 ) -> tuple[dict[str, dict[float, Errors]], list[FitError]]:
     """Feed the `Accountant` as the daemon does; energy is also read around every scrape unless
-    `periodic_only` (a source that refreshes on its own schedule, such as DCGM watches)."""
+    `periodic_only` (a source that refreshes on its own schedule, such as DCGM watches). With
+    `activity`, each reading of a shared GPU comes with the tenants' activity since the GPU's
+    previous reading."""
     scenario = truth.scenario
     gpus = [Gpu(g, f"GPU-{g}", "simulated") for g in range(scenario.gpus)]
-    acc = Accountant([s.name for s in scenario.servers], windows, 5 * energy_interval_s)
-    acc.set_placement(Placement({s.name: frozenset(f"GPU-{g}" for g in s.gpus) for s in scenario.servers}))
+    served = [s for s in scenario.servers if s.scraped]
+    acc = Accountant([s.name for s in served], windows, 5 * energy_interval_s)
+    acc.set_placement(
+        Placement(
+            {
+                s.name: frozenset(Holding(f"GPU-{g}", *(s.mig or (None, None))) for g in s.gpus)
+                for s in served
+            },
+            {s.name: PodRef("bench", s.name, f"uid-{s.name}") for s in served},
+        )
+    )
+    previous_t: dict[int, float] = {}
     readings = tokenwatt_energy(
         truth, random.Random(energy_seed), energy_interval_s, () if periodic_only else scrapes
     )
@@ -126,12 +152,15 @@ def run_tokenwatt(
     events += [(t, 2, None) for t in evaluations]
     events.sort(key=lambda e: (e[0], e[1]))
     errors: dict[str, dict[float, list[tuple[float, float]]]] = {
-        s.name: {w: [] for w in windows} for s in scenario.servers
+        s.name: {w: [] for w in windows} for s in served
     }
-    fits: dict[str, list[tuple[float, float, float, float, int]]] = {s.name: [] for s in scenario.servers}
+    fits: dict[str, list[tuple[float, float, float, float, int]]] = {s.name: [] for s in served}
     for now, kind, event in events:
         if kind == 0:
             assert isinstance(event, type(readings[0]))
+            if activity and event.gpu in previous_t:
+                acc.add_activity([_activity(truth, event.gpu, previous_t[event.gpu], event.t)])
+            previous_t[event.gpu] = event.t
             acc.add_energy([GpuSample(gpus[event.gpu], event.t, event.joules, None)])
         elif kind == 1:
             assert isinstance(event, Scrape)
@@ -161,6 +190,21 @@ def run_tokenwatt(
                 )
     results = {s: {w: _errors(v) for w, v in by_w.items()} for s, by_w in errors.items()}
     return results, [_fit_error(truth, server, found) for server, found in fits.items() if found]
+
+
+def _activity(truth: Truth, gpu: int, t0: float, t1: float) -> GpuActivity:
+    """The tenants' measured activity on `gpu` over (t0, t1]: per pod, or per MIG instance."""
+    pods, instances = {}, {}
+    for spec in truth.scenario.servers:
+        busy = truth.busy.get((gpu, spec.name))
+        if busy is None:
+            continue
+        mean = (busy.at(t1) - busy.at(t0)) / (t1 - t0)
+        if spec.mig is None:
+            pods[f"uid-{spec.name}"] = mean
+        else:
+            instances[spec.mig[0]] = mean
+    return GpuActivity(f"GPU-{gpu}", t1, pods=pods, instances=instances)
 
 
 def _truth_over_intervals(
@@ -240,7 +284,8 @@ def run_recipe(truth: Truth, seed: int, completion: bool) -> dict[str, dict[floa
                 energy_series[g].append((scrape_t, energy_counter(truth, g, refreshed_at)))
         t += 15.0
     token_series: dict[str, list[tuple[float, float]]] = {}
-    for name, server in truth.servers.items():
+    scraped = {name: server for name, server in truth.servers.items() if server.spec.scraped}
+    for name, server in scraped.items():
         samples = []
         t = rng.uniform(0, 15)
         while t < scenario.duration_s - 1:
@@ -250,11 +295,11 @@ def run_recipe(truth: Truth, seed: int, completion: bool) -> dict[str, dict[floa
             t += 15.0
         token_series[name] = samples
     errors: dict[str, dict[float, list[tuple[float, float]]]] = {
-        name: {w: [] for w in WINDOWS_S} for name in truth.servers
+        name: {w: [] for w in WINDOWS_S} for name in scraped
     }
     at = FIRST_EVALUATION_S
     while at < scenario.duration_s - 5:
-        for name, server in truth.servers.items():
+        for name, server in scraped.items():
             for w in WINDOWS_S:
                 rates = [prometheus_rate(energy_series[g], at, w) for g in server.spec.gpus]
                 token_rate = prometheus_rate(token_series[name], at, w)
@@ -266,6 +311,33 @@ def run_recipe(truth: Truth, seed: int, completion: bool) -> dict[str, dict[floa
                 errors[name][w].append((abs(recipe / true - 1), true_tokens))
         at += EVALUATE_EVERY_S
     return {s: {w: _errors(v) for w, v in by_w.items()} for s, by_w in errors.items()}
+
+
+def _tenants(scenario: Scenario, gpu: int) -> int:
+    return sum(1 for s in scenario.servers if gpu in s.gpus)
+
+
+def _method_rows(
+    truth: Truth, scrapes: list[Scrape], measured: dict[str, dict[float, Errors]], interval: float
+) -> list[str]:
+    """Rows comparing, for each server on a shared GPU, its errors with the tenants' activity
+    measured (`measured`, daemon mode) and without it (equal shares, MIG slices)."""
+    scenario = truth.scenario
+    shared = [s for s in scenario.servers if s.scraped and any(_tenants(scenario, g) > 1 for g in s.gpus)]
+    if not shared:
+        return []
+    unmeasured, _ = run_tokenwatt(truth, scrapes, scenario.seed + 200, WINDOWS_S, interval, activity=False)
+    rows = []
+    for spec in shared:
+        methods = ("mig_activity", "mig_slices") if spec.mig else ("activity", "equal")
+        for method, found in zip(methods, (measured, unmeasured), strict=True):
+            by_w = found[spec.name]
+            rows.append(
+                f"| {scenario.name} | {spec.name} | {method} | {_pct(by_w[60.0].median)} "
+                f"| {_worst(by_w[60.0])} | {_pct(by_w[60.0].worst_with(1000))} "
+                f"| {_pct(by_w[300.0].median)} | {_pct(by_w[300.0].worst)} |"
+            )
+    return rows
 
 
 def _errors(found: list[tuple[float, float]]) -> Errors:
@@ -302,7 +374,7 @@ def main() -> None:
     )
     interval = parser.parse_args().energy_interval
     print(f"tokenwatt reads energy every {interval:g} s (and around every scrape in daemon mode)\n")
-    rows, summary, fit_rows, periodic_fit_rows, completion_rows = [], [], [], [], []
+    rows, summary, fit_rows, periodic_fit_rows, completion_rows, method_rows = [], [], [], [], [], []
     for scenario in SCENARIOS:
         truth = simulate(scenario)
         realtime = tokenwatt_scrapes(truth, random.Random(scenario.seed + 100))
@@ -313,7 +385,12 @@ def main() -> None:
         recipe = run_recipe(
             truth, scenario.seed + 300, completion=any(s.completion_counters for s in scenario.servers)
         )
-        for server in truth.servers:
+        method_rows += _method_rows(truth, realtime, daemon, interval)
+        if scenario.name in SKEW:
+            skewed_truth = simulate(skewed(scenario, SKEW[scenario.name]))
+            skewed_daemon, _ = run_tokenwatt(skewed_truth, realtime, scenario.seed + 200, WINDOWS_S, interval)
+            method_rows += _method_rows(skewed_truth, realtime, skewed_daemon, interval)
+        for server in daemon:
             cells = []
             for w in WINDOWS_S:
                 a, p, b = daemon[server][w], periodic[server][w], recipe[server][w]
@@ -363,6 +440,13 @@ def main() -> None:
     print("\nFit, periodic reads only:\n")
     print(fit_header)
     print("\n".join(periodic_fit_rows))
+    print("\nShare methods on shared GPUs (daemon mode):\n")
+    print(
+        "| scenario | server | method | 60 s median | 60 s worst (tokens in that window) "
+        "| 60 s worst, windows of 1,000 tokens or more | 5 min median | 5 min worst |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(method_rows))
     print()
     print("| scenario | server | window | median | p95 | worst |")
     print("| --- | --- | --- | --- | --- | --- |")

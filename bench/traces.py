@@ -7,6 +7,13 @@ prompt token and `decode_j` per generated token, spread evenly over the server's
 constant within a grid step, so cumulative energy and tokens are exact at any instant: that is
 the ground truth.
 
+On a GPU with several tenants (servers sharing it whole, MIG instances, a tenant tokenwatt does not
+serve), a tenant's activity is its power above static over its `full_w` (the power it draws when it
+keeps the whole GPU busy; tenants differ in it, as real workloads differ in power per busy second),
+and its true energy is its own work plus the static power split by activity at every step (with
+nobody active: equally, or by slices of seven on MIG). Activity is measured the way NVML samples
+and DCGM ratios are: a whole percent per 100 ms step.
+
 From the truth the generator derives what each observer would see:
 - tokenwatt: each server's metrics page scraped every second with up to 300 ms of jitter; the
   counters are read at an unknown instant inside a 5-40 ms request whose midpoint is the recorded
@@ -31,7 +38,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 STEP_S = 0.1
@@ -62,6 +69,12 @@ class ServerSpec:
     """(crash instant, downtime): arrivals stop 60 s before, counters restart from zero after."""
     completion_counters: bool = False
     """The server's plain token counters move only when a request completes (SGLang)."""
+    full_w: float = 300.0
+    """Power above static when the server's work keeps a whole GPU busy (its activity's scale)."""
+    mig: tuple[int, int] | None = None
+    """(GPU instance ID, compute slices) when the server holds a MIG instance of its GPU."""
+    scraped: bool = True
+    """False for a tenant tokenwatt does not serve (its energy must stay unattributed)."""
 
 
 @dataclass(frozen=True)
@@ -141,16 +154,21 @@ class Truth:
     scenario: Scenario
     gpu_energy: list[Series]
     servers: dict[str, ServerTruth]
+    tenant_energy: dict[tuple[int, str], Series] = field(default_factory=dict)
+    """(GPU, server) -> the server's true energy on that GPU."""
+    busy: dict[tuple[int, str], Series] = field(default_factory=dict)
+    """(GPU, server) -> cumulative measured activity (busy seconds of the whole GPU)."""
 
     def shares(self, server: str) -> dict[int, float]:
+        """Equal shares of the server's GPUs (the fit's reference for the static power)."""
         spec = self.servers[server].spec
         return {g: 1.0 / sum(1 for s in self.scenario.servers if g in s.gpus) for g in spec.gpus}
 
     def server_energy(self, server: str, t0: float, t1: float) -> float:
-        """Energy attributed to the server by the equal-share policy, from t0 to t1."""
+        """The server's true energy from t0 to t1 (its work, and static power by activity)."""
         return sum(
-            share * (self.gpu_energy[g].at(t1) - self.gpu_energy[g].at(t0))
-            for g, share in self.shares(server).items()
+            self.tenant_energy[(g, server)].at(t1) - self.tenant_energy[(g, server)].at(t0)
+            for g in self.servers[server].spec.gpus
         )
 
     def output_tokens(self, server: str, t0: float, t1: float) -> float:
@@ -163,6 +181,7 @@ def simulate(scenario: Scenario) -> Truth:
     rng = random.Random(scenario.seed)
     steps = int(scenario.duration_s / STEP_S)
     power = [[scenario.static_w] * steps for _ in range(scenario.gpus)]
+    work: dict[tuple[int, str], list[float]] = {}
     servers: dict[str, ServerTruth] = {}
     for spec in scenario.servers:
         d_prefill = [0.0] * (steps + 1)
@@ -197,8 +216,10 @@ def simulate(scenario: Scenario) -> Truth:
         running = [int(r) for r in _accumulate([float(x) for x in d_running], steps)]
         for g in spec.gpus:
             row = power[g]
+            mine = work[(g, spec.name)] = [0.0] * steps
             for k in range(steps):
-                row[k] += (spec.prefill_j * prefill_rate[k] + spec.decode_j * decode_rate[k]) / len(spec.gpus)
+                mine[k] = (spec.prefill_j * prefill_rate[k] + spec.decode_j * decode_rate[k]) / len(spec.gpus)
+                row[k] += mine[k]
         completions.sort()
         times = [c[0] for c in completions]
         servers[spec.name] = ServerTruth(
@@ -211,7 +232,21 @@ def simulate(scenario: Scenario) -> Truth:
             completed_output=StepSeries(times, _cumsum([c[2] for c in completions])),
             down=[(crash, crash + downtime) for crash, downtime in spec.restarts],
         )
-    return Truth(scenario, [_integrate(row) for row in power], servers)
+    truth = Truth(scenario, [_integrate(row) for row in power], servers)
+    for g in range(scenario.gpus):
+        tenants = [s for s in scenario.servers if g in s.gpus]
+        activity = {s.name: [w / s.full_w for w in work[(g, s.name)]] for s in tenants}
+        idle_share = {s.name: s.mig[1] / 7 if s.mig else 1 / len(tenants) for s in tenants}
+        for s in tenants:
+            own, busy = [], []
+            for k in range(steps):
+                total = sum(a[k] for a in activity.values())
+                share = activity[s.name][k] / total if total > 0 else idle_share[s.name]
+                own.append(work[(g, s.name)][k] + scenario.static_w * share)
+                busy.append(round(100 * activity[s.name][k]) / 100)
+            truth.tenant_energy[(g, s.name)] = _integrate(own)
+            truth.busy[(g, s.name)] = _integrate(busy)
+    return truth
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
@@ -341,6 +376,8 @@ def tokenwatt_scrapes(
 ) -> list[Scrape]:
     scrapes = []
     for name, server in truth.servers.items():
+        if not server.spec.scraped:
+            continue
         nominal = rng.uniform(0, interval_s)
         while nominal < truth.scenario.duration_s - 2:
             start = max(0.0, nominal + rng.uniform(-0.3, 0.3))
@@ -528,13 +565,52 @@ SCENARIOS: tuple[Scenario, ...] = (
         90.0,
         (
             ServerSpec(
-                "a", (0, 1, 2), prefill_j=0.08, decode_j=0.6, load=_segments(15, DURATION_S, idle=True)
+                "a",
+                (0, 1, 2),
+                prefill_j=0.08,
+                decode_j=0.6,
+                load=_segments(15, DURATION_S, idle=True),
             ),
             ServerSpec("b", (2, 3), prefill_j=0.04, decode_j=0.3, load=_steady),
         ),
         seed=6,
     ),
+    Scenario(
+        "mig",
+        "one MIG GPU: a on a 3g instance (bursty, idle stretches), b on a 2g (steady), and a 2g"
+        " instance whose tenant tokenwatt does not serve",
+        DURATION_S,
+        1,
+        90.0,
+        (
+            ServerSpec(
+                "a",
+                (0,),
+                prefill_j=0.05,
+                decode_j=0.35,
+                load=_segments(16, DURATION_S, idle=True),
+                mig=(1, 3),
+            ),
+            ServerSpec("b", (0,), prefill_j=0.03, decode_j=0.2, load=_steady, mig=(2, 2)),
+            ServerSpec(
+                "other",
+                (0,),
+                prefill_j=0.03,
+                decode_j=0.25,
+                load=_segments(17, DURATION_S, idle=False),
+                mig=(3, 2),
+                scraped=False,
+            ),
+        ),
+        seed=7,
+    ),
 )
+
+
+def skewed(scenario: Scenario, full_w: dict[str, float]) -> Scenario:
+    """The scenario with tenants that differ in power per busy second (`full_w` by server)."""
+    servers = tuple(replace(s, full_w=full_w.get(s.name, s.full_w)) for s in scenario.servers)
+    return replace(scenario, name=f"{scenario.name}, skewed", servers=servers)
 
 
 def scenario(name: str) -> Scenario:

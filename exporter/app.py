@@ -22,7 +22,7 @@ from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ServerConfig
-from exporter.energy import EnergyReadError, EnergySource, MigReporting, RefreshObserving
+from exporter.energy import ActivityReporting, EnergyReadError, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
     Health,
     PlacementHealth,
@@ -32,7 +32,7 @@ from exporter.exposition.collector import (
 )
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import WebConfig
-from exporter.model import Gpu
+from exporter.model import Gpu, PodRef
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.tokens.scraper import ScrapeError, TokenScraper
 
@@ -76,6 +76,13 @@ def tariff_of(config: Config) -> Tariff:
     )
 
 
+def _pod_of(server: ServerConfig) -> PodRef:
+    """The pod a server runs in, as placement splits shared GPUs by it: the kubelet's namespace and
+    name where the server names its pod, and its UID where known (which per-process activity names)."""
+    pod = server.pod_ref or PodRef("", "")
+    return PodRef(pod.namespace, pod.name, server.pod_uid)
+
+
 class Daemon:
     """Everything `tokenwatt run` does, given a config and an opened energy source."""
 
@@ -106,6 +113,7 @@ class Daemon:
         self._energy_lock = asyncio.Lock()
         self.kubelet: KubeletRefresher | None = refresher_of(config)
         self._pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
+        self._placed_pods = {s.name: _pod_of(s) for s in config.servers if s.pod is not None or s.pod_uid}
         self.collector = TokenwattCollector(self.snapshot)
         self.url: str | None = None
 
@@ -211,6 +219,8 @@ class Daemon:
                 log.info("energy source up", source=state.name, gpus=len(samples))
             state.up = True
             self._place({s.gpu for s in samples})
+            if isinstance(self.source, ActivityReporting):
+                self.accountant.add_activity(self.source.activity)
             for gpu in self.accountant.add_energy(samples):
                 log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
 
@@ -233,7 +243,7 @@ class Daemon:
         migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
         static = {s.name: s.gpus for s in self.config.servers if s.pod_ref is None}
         devices = self.kubelet.devices if self.kubelet else {}
-        placement, unmatched = place(static, self._pods, devices, seen, migs)
+        placement, unmatched = place(static, self._placed_pods, devices, seen, migs)
         before = self.accountant.placement
         if placement == before:
             return

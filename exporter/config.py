@@ -252,6 +252,9 @@ class GenericConfig(_Strict):
         )
 
 
+POD_UID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
 def _pod(value: object) -> str:
     if isinstance(value, str) and value.count("/") == 1:
         namespace, name = value.split("/")
@@ -282,9 +285,14 @@ class ServerConfig(_Strict):
     """The families to read; required by `kind: generic` and only allowed with it."""
     pod: Annotated[str, BeforeValidator(_pod)] | None = None
     """NAMESPACE/NAME of the pod the server runs in; its GPUs come from the kubelet."""
+    pod_uid: str | None = Field(None, pattern=POD_UID_PATTERN)
+    """UID of the Kubernetes pod the server runs in (Downward API `metadata.uid`): matches the
+    server to its pod's processes, so a GPU it shares whole is split by measured activity. With
+    kubelet placement, the pod named by POD_NAMESPACE/POD_NAME takes it from POD_UID when not given."""
 
     @property
     def pod_ref(self) -> PodRef | None:
+        """The pod as the kubelet names it (namespace and name); None for a server that is no pod."""
         if self.pod is None:
             return None
         namespace, name = self.pod.split("/")
@@ -396,7 +404,8 @@ class Config(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _pods_from_environment(cls, data: object) -> object:
-        """With kubelet placement, a server without pod: or gpus: is the pod named by the Downward API."""
+        """With kubelet placement, a server without pod: or gpus: is the pod named by the Downward API
+        (POD_NAMESPACE, POD_NAME), and that pod's UID is POD_UID where set."""
         namespace, name = os.environ.get("POD_NAMESPACE"), os.environ.get("POD_NAME")
         if not (namespace and name and isinstance(data, dict)):
             return data
@@ -408,6 +417,13 @@ class Config(_Strict):
         pod = f"{namespace}/{name}"
         unplaced = [isinstance(s, dict) and not {"pod", "gpus"} & s.keys() for s in servers]
         servers = [{**s, "pod": pod} if bare else s for s, bare in zip(servers, unplaced, strict=True)]
+        uid = os.environ.get("POD_UID")
+        if uid:
+            servers = [
+                {**s, "pod_uid": uid} if isinstance(s, dict) and s.get("pod") == pod and "pod_uid" not in s
+                else s
+                for s in servers
+            ]
         return {**data, "servers": servers}
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ time base that DCGM, NVML readers and the token scraper share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +103,23 @@ class PodRef:
     namespace: str
     name: str
     uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuActivity:
+    """How busy each tenant kept one physical GPU over the stretch that ended at `t` (since the
+    source's previous activity reading of that GPU). Values are fractions of the whole GPU's
+    compute, 0 to 1, so the tenants of one GPU add up to at most one.
+
+    `pods` is for a GPU shared whole (time-slicing, MPS): pod UID -> the SM activity of that pod's
+    processes (NVML per-process samples, summed over the pod's PIDs; key `""` for processes in no
+    pod, whose part is nobody's). `instances` is for a MIG
+    GPU: GPU instance ID -> its graphics-engine activity (DCGM `DCGM_FI_PROF_GR_ENGINE_ACTIVE`, a
+    fraction of the instance) times the instance's compute slices over the GPU's seven.
+    """
+
+    uuid: str
+    """The physical GPU's UUID."""
+    t: float
+    pods: Mapping[str, float] = field(default_factory=dict)
+    instances: Mapping[int, float] = field(default_factory=dict)

@@ -58,15 +58,24 @@ async def running_rig(gpus: int = 2) -> AsyncIterator[Rig]:
         }
     )
     daemon = Daemon(config, SimulatedSource(fleet))
+    try:
+        async with serving(daemon) as url:
+            yield Rig(daemon, fleet, inference, url)
+    finally:
+        await inference.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(daemon: Daemon) -> AsyncIterator[str]:
+    """Run the daemon until the block ends; yields its /metrics URL."""
     stop = asyncio.Event()
     listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(daemon.run(stop, listening.set_result))
     try:
-        yield Rig(daemon, fleet, inference, await asyncio.wait_for(listening, 5))
+        yield await asyncio.wait_for(listening, 5)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-        await inference.stop()
 
 
 async def get_text(url: str) -> str:

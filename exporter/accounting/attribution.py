@@ -1,34 +1,55 @@
 """Every joule of a GPU, attributed to a server or counted as unattributed.
 
+The servers' shares of a GPU are piecewise constant on the grid of its energy readings: each
+reading opens a *share step* from the previous reading to itself, whose shares the placement
+decided when the reading arrived (from the activity measured over that stretch, or a fixed
+split). The shares of one step add up to at most one.
+
 A server's measured interval claims its share of the GPU's energy between two instants (a
-*claim*). Each GPU classifies its energy in order up to a settled horizon: within each stretch,
-the claimed shares go to the servers and the rest (no server on the GPU, an unmeasured interval,
-time before a server's first scrape) is unattributed. So, for every GPU and at every horizon,
+*claim*): within each share step it overlaps, the step's share of the energy used there. Each GPU
+classifies its energy in order up to a settled horizon: within each stretch, the claimed shares
+go to the servers and the rest (no server on the GPU, a tenant nobody stands for, an unmeasured
+interval, time before a server's first scrape) is unattributed. So, for every GPU and at every
+horizon,
 
     attributed + unattributed == energy measured from the first reading to the horizon,
 
-and both sides only grow. Claims are accepted only ahead of the horizon and only while the shares
-claimed at any instant add up to at most one, so no joule is counted twice or taken back.
+and both sides only grow. Claims are accepted only ahead of the horizon, only over share steps
+already known and only where the same server has not claimed yet; since every instant's shares
+come from one step, servers whose scrapes are not aligned never claim more than the whole GPU,
+and no joule is counted twice or taken back.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 
 from exporter.accounting.energy import EnergyTrack
 
 _SHARE_TOLERANCE = 1e-9
+_NO_SHARES: Mapping[str, float] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class ShareStep:
+    """The servers' shares of a GPU's energy over (t_start, t_end], constant within it."""
+
+    t_start: float
+    t_end: float
+    shares: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A server's share of a GPU's energy over one measured interval."""
+    """A server's measured interval on one GPU: its shares of the energy between two instants."""
 
     server: str
     t_start: float
     t_end: float
-    share: float
 
 
 class GpuLedger:
@@ -42,26 +63,42 @@ class GpuLedger:
         self.attributed_j = 0.0
         self.unattributed_j = 0.0
         self._claims: list[Claim] = []
+        self._steps: deque[ShareStep] = deque()
 
     @property
     def horizon_t(self) -> float | None:
         """Instant up to which every joule is classified (the first reading at first); None before it."""
         return self._horizon_t if self._horizon_t is not None else self.track.first_t
 
-    def can_claim(self, t_start: float, t_end: float, share: float) -> bool:
-        """True when `share` of the energy in [t_start, t_end] is still free to attribute."""
-        if self.horizon_t is None or t_start < self.horizon_t or share <= 0:
+    def add_step(self, t_start: float, t_end: float, shares: Mapping[str, float]) -> None:
+        """The shares in force from the reading at `t_start` to the next one, at `t_end`."""
+        if any(v < 0 for v in shares.values()) or sum(shares.values()) > 1 + _SHARE_TOLERANCE:
+            raise ValueError(f"shares of one GPU must be non-negative and add up to at most 1: {shares}")
+        last = self._steps[-1] if self._steps else None
+        if last is not None and last.t_end == t_start and last.shares == shares:
+            self._steps[-1] = ShareStep(last.t_start, t_end, last.shares)
+        else:
+            self._steps.append(ShareStep(t_start, t_end, dict(shares)))
+
+    def can_claim(self, server: str, t_start: float, t_end: float) -> bool:
+        """True when `server` may claim its shares of the energy in [t_start, t_end]."""
+        if self.horizon_t is None or t_start < self.horizon_t or t_end <= t_start:
             return False
-        overlapping = [c for c in self._claims if c.t_start < t_end and t_start < c.t_end]
-        # The claimed share is piecewise constant and changes only where a claim starts.
-        points = {t_start} | {c.t_start for c in overlapping if c.t_start > t_start}
-        return all(
-            share + sum(c.share for c in overlapping if c.t_start <= p < c.t_end) <= 1 + _SHARE_TOLERANCE
-            for p in points
-        )
+        if not self._steps or t_end > self._steps[-1].t_end:
+            return False
+        return not any(c.server == server and c.t_start < t_end and t_start < c.t_end for c in self._claims)
 
     def claim(self, claim: Claim) -> None:
         self._claims.append(claim)
+
+    def claim_j(self, claim: Claim, since_t: float | None = None) -> float:
+        """Energy the claim attributes to its server (from `since_t` on, where given)."""
+        start = claim.t_start if since_t is None else max(claim.t_start, since_t)
+        track = self.track
+        return sum(
+            shares.get(claim.server, 0.0) * (track.energy_spanning(b) - track.energy_spanning(a))
+            for a, b, shares in self._pieces(start, claim.t_end)
+        )
 
     def settle(self, horizon_t: float) -> None:
         """Classify the energy up to `horizon_t` (clamped to the latest reading)."""
@@ -71,30 +108,57 @@ class GpuLedger:
         end = min(horizon_t, latest)
         if end <= start:
             return
-        cuts = sorted(
-            {start, end}
-            | {c.t_start for c in self._claims if start < c.t_start < end}
-            | {c.t_end for c in self._claims if start < c.t_end < end}
-        )
+        # One sweep over the instants where a claim or a share step starts or ends: in between,
+        # the servers with a claim there take their step's shares, the rest is unattributed.
+        inside = {c.t_start for c in self._claims} | {c.t_end for c in self._claims}
+        inside |= {s.t_start for s in self._steps} | {s.t_end for s in self._steps}
+        points = sorted({start, end} | {t for t in inside if start < t < end})
+        starting: dict[float, list[str]] = {}
+        ending: dict[float, list[str]] = {}
+        for c in self._claims:
+            starting.setdefault(max(c.t_start, start), []).append(c.server)
+            ending.setdefault(c.t_end, []).append(c.server)
+        active: set[str] = set()
+        steps = self._steps
+        i = 0
         energy_prev = self.track.energy_spanning(start)
-        for a, b in pairwise(cuts):
-            energy_b = self.track.energy_spanning(b)
-            used = energy_b - energy_prev
-            claimed = min(1.0, sum(c.share for c in self._claims if c.t_start <= a and b <= c.t_end))
+        for lo, hi in pairwise(points):
+            active.difference_update(ending.get(lo, ()))
+            active.update(starting.get(lo, ()))
+            while i < len(steps) and steps[i].t_end <= lo:
+                i += 1
+            shares = steps[i].shares if i < len(steps) and steps[i].t_start <= lo else _NO_SHARES
+            energy_hi = self.track.energy_spanning(hi)
+            used = energy_hi - energy_prev
+            claimed = min(1.0, sum(shares.get(server, 0.0) for server in active))
             self.attributed_j += used * claimed
             self.unattributed_j += used - used * claimed
-            energy_prev = energy_b
+            energy_prev = energy_hi
         self.settled_j = energy_prev
         self._horizon_t = end
         self._claims = [c for c in self._claims if c.t_end > end]
+        while self._steps and self._steps[0].t_end <= end:
+            self._steps.popleft()
 
     def pending_j(self) -> float:
         """Energy claimed ahead of the horizon (attributed to servers, not yet settled here)."""
-        if self.horizon_t is None:
-            return 0.0
         h = self.horizon_t
-        track = self.track
-        return sum(
-            c.share * (track.energy_spanning(c.t_end) - track.energy_spanning(max(c.t_start, h)))
-            for c in self._claims
-        )
+        return 0.0 if h is None else sum(self.claim_j(c, h) for c in self._claims)
+
+    def _pieces(self, t0: float, t1: float) -> Iterator[tuple[float, float, Mapping[str, float]]]:
+        """[t0, t1] cut where the share steps change: (from, to, the shares in force there).
+
+        Time no step covers (none should be) has no shares: its energy stays unattributed.
+        """
+        steps = self._steps
+        i = bisect_right([s.t_end for s in steps], t0)
+        at = t0
+        while at < t1:
+            if i < len(steps) and steps[i].t_start <= at:
+                b = min(t1, steps[i].t_end)
+                yield at, b, steps[i].shares
+                i += 1
+            else:
+                b = min(t1, steps[i].t_start) if i < len(steps) else t1
+                yield at, b, _NO_SHARES
+            at = b

@@ -26,8 +26,8 @@ from exporter.accounting.ledger import Interval, ServerLedger
 from exporter.accounting.split import BLOCK_S as DEFAULT_SPLIT_BLOCK_S
 from exporter.accounting.split import EnergySplit, fit_energy_split
 from exporter.accounting.tariff import Tariff
-from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
-from exporter.placement import Placement
+from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, TokenSample
+from exporter.placement import Placement, Share
 
 DEFAULT_SPLIT_WINDOW_S = 600.0
 DEFAULT_HOLD_S = 300.0
@@ -136,6 +136,8 @@ class GpuFigures:
     """Energy from the first reading to the horizon: attributed plus unattributed."""
     attributed_j: float = 0.0
     unattributed_j: float = 0.0
+    shares: tuple[Share, ...] = ()
+    """The servers' shares of the GPU over the stretch up to the latest reading, with their method."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,9 @@ class Accountant:
         self.placement = Placement({s: frozenset() for s in servers})
         self.tracks: dict[str, EnergyTrack] = {}
         self.gpu_ledgers: dict[str, GpuLedger] = {}
+        self.shares: dict[str, tuple[Share, ...]] = {}
+        """GPU UUID -> the shares of its latest share step."""
+        self._activity: dict[str, GpuActivity] = {}
         self.ledgers = {s: ServerLedger(s, self._retain_s) for s in servers}
         self._pending: dict[str, deque[_Scrape]] = {s: deque() for s in servers}
         self._bands: dict[tuple[str, str | None, str], _BandTotals] = defaultdict(_BandTotals)
@@ -194,16 +199,32 @@ class Accountant:
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement
 
+    def add_activity(self, activity: Iterable[GpuActivity]) -> None:
+        """Record the activity of a read, before its readings: it decides the shares of the stretch
+        that ends at each GPU's next reading. A GPU left out has no activity measured (its shares
+        fall back to equal or MIG slices): what an earlier read measured does not linger."""
+        self._activity = {a.uuid: a for a in activity}
+
     def add_energy(self, samples: Iterable[GpuSample]) -> list[Gpu]:
-        """Record energy readings; return the GPUs whose counter was found reset."""
+        """Record energy readings; return the GPUs whose counter was found reset.
+
+        Each new reading opens a share step from the GPU's previous reading, with the shares the
+        current placement gives for the activity known now.
+        """
         reset: list[Gpu] = []
         for s in samples:
-            track = self.tracks.get(s.gpu.uuid)
+            uuid = s.gpu.uuid
+            track = self.tracks.get(uuid)
             if track is None:
-                track = self.tracks[s.gpu.uuid] = EnergyTrack(s.gpu)
-                self.gpu_ledgers[s.gpu.uuid] = GpuLedger(track)
+                track = self.tracks[uuid] = EnergyTrack(s.gpu)
+                self.gpu_ledgers[uuid] = GpuLedger(track)
+            previous_t = track.latest_t
             if track.add(s):
                 reset.append(s.gpu)
+            if previous_t is not None and track.latest_t != previous_t:
+                shares = self.placement.shares(uuid, self._activity.get(uuid))
+                self.shares[uuid] = shares
+                self.gpu_ledgers[uuid].add_step(previous_t, s.t, {x.server: x.share for x in shares})
         return reset
 
     def add_tokens(self, samples: Sequence[TokenSample]) -> None:
@@ -249,12 +270,12 @@ class Accountant:
         energy = 0.0
         claims: list[tuple[str, Claim]] = []
         for uuid in uuids:
-            track, share = self.tracks[uuid], self.placement.share(server, uuid)
-            used = track.energy_between(t0, t1, self.gap_limit_s)
-            if used is None or not self.gpu_ledgers[uuid].can_claim(t0, t1, share):
+            gpu_ledger, claim = self.gpu_ledgers[uuid], Claim(server, t0, t1)
+            used = self.tracks[uuid].energy_between(t0, t1, self.gap_limit_s)
+            if used is None or not gpu_ledger.can_claim(server, t0, t1):
                 return None, []
-            energy += share * used
-            claims.append((uuid, Claim(server, t0, t1, share)))
+            energy += gpu_ledger.claim_j(claim)
+            claims.append((uuid, claim))
         return energy, claims
 
     def _count_bands(self, server: str, interval: Interval) -> None:
@@ -296,6 +317,7 @@ class Accountant:
                 settled_energy_j=self.gpu_ledgers[uuid].settled_j,
                 attributed_j=self.gpu_ledgers[uuid].attributed_j,
                 unattributed_j=self.gpu_ledgers[uuid].unattributed_j,
+                shares=self.shares.get(uuid, ()),
             )
             for uuid, track in sorted(self.tracks.items(), key=lambda kv: kv[1].gpu.index)
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from exporter.model import GpuSample, MigDevice
+from exporter.model import GpuActivity, GpuSample, MigDevice
 
 
 class EnergyReadError(Exception):
@@ -82,4 +82,19 @@ class MigReporting(Protocol):
     @property
     def mig_devices(self) -> tuple[MigDevice, ...]:
         """The MIG devices of the GPUs read, as last seen."""
+        ...
+
+
+@runtime_checkable
+class ActivityReporting(Protocol):
+    """A source that measures how busy each tenant keeps a GPU (per pod, or per MIG instance).
+
+    The daemon hands this to the accountant before the readings of the same read, so the shares of
+    each stretch between two energy readings come from the activity measured over that stretch.
+    """
+
+    @property
+    def activity(self) -> tuple[GpuActivity, ...]:
+        """The activity over the stretch that ended at the latest read, per GPU (empty where the
+        source measured none: no tenants, no per-process data)."""
         ...

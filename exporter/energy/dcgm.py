@@ -11,6 +11,11 @@ Fields are watched by number, because DCGM 4.6 renamed them (the numbers did not
 is the reading's instant. A value whose status is not OK or that holds one of DCGM's blank
 sentinels is no reading, never zero.
 
+On MIG GPUs it also watches field 1001 (`DCGM_FI_PROF_GR_ENGINE_ACTIVE`, the ratio of time each GPU
+instance's engine was busy; it needs DCGM's profiling module) on every GPU instance of
+`dcgmGetGpuInstanceHierarchy`, and reports it weighted by the instance's slices as activity, which
+splits a MIG GPU's energy between its instances. Without it MIG GPUs are split by slices.
+
 When the host engine goes away (`DCGMError_ConnectionNotValid`) the source reconnects, at most once
 per back-off step (from the read interval, doubling, up to 30 s), and watches its fields again: a
 restarted host engine has forgotten them.
@@ -30,10 +35,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from exporter.config import DcgmConfig
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuSample
+from exporter.model import Gpu, GpuActivity, GpuSample
+from exporter.placement import MIG_SLICES_PER_GPU
+
+log = structlog.get_logger("tokenwatt.energy")
 
 BINDINGS_DIRS = (
     Path("/usr/share/datacenter-gpu-manager-4/bindings/python3"),  # DCGM 4 packages
@@ -43,6 +53,7 @@ BOARD_POWER_W = 155
 ENERGY_MJ = 156
 INSTANT_POWER_W = 157
 WATCHED_FIELDS = (BOARD_POWER_W, ENERGY_MJ, INSTANT_POWER_W)
+GR_ENGINE_ACTIVE = 1001
 # DCGM's sentinels: a value at or above these is blank, not found, not supported or not permitted.
 INT64_BLANK = 0x7FFFFFFFFFFFFFF0
 FP64_BLANK = 2.0**47
@@ -101,6 +112,16 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+@dataclass(frozen=True, slots=True)
+class _Instance:
+    entity_id: int
+    """DCGM's entity id of the GPU instance (`DCGM_FE_GPU_I`)."""
+    parent_uuid: str
+    gpu_instance: int
+    """NVML's GPU instance ID (`GPU_I_ID`)."""
+    slices: int
+
+
 class DcgmSource:
     """Reads fields 155, 156 and 157 of every GPU DCGM supports, all calls in one thread."""
 
@@ -124,6 +145,10 @@ class DcgmSource:
         self._failed_connects = 0
         self._retry_at = 0.0
         self._field_groups = 0
+        self._instances: list[_Instance] = []
+        """The GPU instances whose engine activity is watched (none without MIG or profiling)."""
+        self.activity: tuple[GpuActivity, ...] = ()
+        """MIG instances' activity at the latest read (see `ActivityReporting`)."""
 
     @classmethod
     async def open(
@@ -207,12 +232,46 @@ class DcgmSource:
                 max(30.0, 10 * self._interval_s),  # s of samples the host engine keeps
                 0,
             )
+            instances = self._watch_instances(handle.handle, gpus)
             system.UpdateAllFields(1)  # the first sample, without waiting for a cycle
         except b.structs.DCGMError:
             self._shut(handle)
             raise
         self._handle = handle
         self._gpus = gpus
+        self._instances = instances
+
+    def _watch_instances(self, handle: Any, gpus: dict[int, Gpu]) -> list[_Instance]:
+        """Watch the engine activity of every GPU instance; none where MIG is off or DCGM cannot
+        profile (no profiling module, a GPU without profiling support): a log line, not a failure."""
+        b = self._b
+        hierarchy = b.agent.dcgmGetGpuInstanceHierarchy(handle)
+        instances = [
+            _Instance(
+                e.entity.entityId,
+                gpus[e.parent.entityId].uuid,
+                e.info.nvmlInstanceId,
+                e.info.nvmlProfileSlices,
+            )
+            for e in hierarchy.entityList[: hierarchy.count]
+            if e.entity.entityGroupId == b.fields.DCGM_FE_GPU_I and e.parent.entityId in gpus
+        ]
+        if not instances:
+            return []
+        try:
+            self._field_groups += 1
+            name = f"tokenwatt-{os.getpid()}-{self._field_groups}"
+            group = b.agent.dcgmGroupCreate(handle, b.structs.DCGM_GROUP_DEFAULT_INSTANCES, name)
+            fields = b.agent.dcgmFieldGroupCreate(handle, [GR_ENGINE_ACTIVE], name)
+            b.agent.dcgmWatchFields(
+                handle, group, fields, int(self._interval_s * 1_000_000), max(30.0, 10 * self._interval_s), 0
+            )
+        except b.structs.DCGMError as e:
+            log.warning(
+                "no MIG instance activity", reason=error_reason(e), error=str(e), instances=len(instances)
+            )
+            return []
+        return instances
 
     async def read(self) -> list[GpuSample]:
         return await self._thread.call(self._read)
@@ -254,7 +313,32 @@ class DcgmSource:
             raise EnergyReadError(
                 "no_data", f"DCGM at {self.where} has no energy value (field 156) for any GPU yet"
             )
+        self.activity = self._read_instances()
         return samples
+
+    def _read_instances(self) -> tuple[GpuActivity, ...]:
+        """Each watched GPU instance's engine activity times its slices, per parent GPU."""
+        b = self._b
+        if not self._instances:
+            return ()
+        pairs = [
+            b.structs.c_dcgmGroupEntityPair_t(b.fields.DCGM_FE_GPU_I, i.entity_id) for i in self._instances
+        ]
+        try:
+            values = b.agent.dcgmEntitiesGetLatestValues(self._handle.handle, pairs, [GR_ENGINE_ACTIVE], 0)
+        except b.structs.DCGMError:
+            return ()  # the energy read just succeeded; a failure here leaves the split to slices
+        by_entity = {i.entity_id: i for i in self._instances}
+        found: dict[str, dict[int, float]] = {}
+        stamps: dict[str, float] = {}
+        for v in values:
+            instance = by_entity.get(v.entityId)
+            if instance is None or v.status != DCGM_ST_OK or not 0.0 <= v.value.dbl <= 1.0:
+                continue
+            share = v.value.dbl * instance.slices / MIG_SLICES_PER_GPU
+            found.setdefault(instance.parent_uuid, {})[instance.gpu_instance] = share
+            stamps[instance.parent_uuid] = max(stamps.get(instance.parent_uuid, 0.0), v.ts / 1e6)
+        return tuple(GpuActivity(uuid, stamps[uuid], instances=weights) for uuid, weights in found.items())
 
     def _reconnect(self) -> None:
         now = self._monotonic()

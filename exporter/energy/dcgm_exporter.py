@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError
-from exporter.model import Gpu, GpuSample
+from exporter.energy.activity import instance_activity
+from exporter.model import Gpu, GpuActivity, GpuSample
 
 ENERGY_MJ_NAMES = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "dcgm_total_energy_consumption")
 ENERGY_J_NAMES = ("DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "dcgm_gpu_energy_joules_total")
@@ -138,6 +139,8 @@ class DcgmExporterSource:
         self._session = session
         self._clock = clock
         self._tracked: dict[str, _Tracked] = {}
+        self.activity: tuple[GpuActivity, ...] = ()
+        """MIG instances' activity on the latest page (`DCGM_FI_PROF_GR_ENGINE_ACTIVE`)."""
 
     @classmethod
     def open(cls, cfg: DcgmExporterConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
@@ -154,6 +157,7 @@ class DcgmExporterSource:
         t = (sent + self._clock()) / 2.0
         try:
             readings = parse_page(text)
+            self.activity = instance_activity(text, t)
         except ValueError as e:
             raise EnergyReadError("parse", f"{self.cfg.url}: not a metrics page: {e}") from None
         if self.cfg.node_name is not None:

@@ -7,6 +7,12 @@ entry's own `nvmlReturn` is checked. Where a GPU has no energy counter (before V
 the integral of that power, and its samples say so (`method="power_integration"`).
 
 GPUs are keyed by UUID: inside a container NVML renumbers the visible GPUs from 0.
+
+Each read also asks for the processes' SM utilization samples since the previous one
+(`nvmlDeviceGetProcessesUtilizationInfo`, or `nvmlDeviceGetProcessUtilization` on drivers without
+it), summed per pod (`exporter.energy.activity`), so a GPU several pods share is split by what
+each did. NVML answers `NotFound` when no process was sampled since, and `NotSupported` on MIG GPUs
+and GPUs without per-process data: those GPUs have no activity, and their shares fall back.
 """
 
 from __future__ import annotations
@@ -15,14 +21,20 @@ import contextlib
 import importlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import structlog
+
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
+from exporter.energy.activity import PodActivity
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuSample
+from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
+
+log = structlog.get_logger("tokenwatt.energy")
 
 COUNTER = "counter"
 POWER_INTEGRATION = "power_integration"
@@ -44,6 +56,8 @@ class _Device:
     gpu: Gpu
     integral: PowerIntegral | None
     """Set where the GPU has no energy counter."""
+    activity_error: str | None = field(default=None, compare=False)
+    """Why the latest per-process activity read failed; None while it works."""
 
 
 def import_pynvml() -> ModuleType:
@@ -67,13 +81,23 @@ class NvmlSource:
     name = "nvml"
     reads_fresh = True
 
-    def __init__(self, nvml: ModuleType, thread: LibraryThread, max_step_s: float) -> None:
+    def __init__(
+        self, nvml: ModuleType, thread: LibraryThread, max_step_s: float, proc: Path = Path("/proc")
+    ) -> None:
         self._nvml = nvml
         self._thread = thread
         self._max_step_s = max_step_s
         self._devices: list[_Device] = []
         self._integrals: dict[str, PowerIntegral] = {}
         self._stale = False
+        self._proc = proc
+        self._pod_activity: dict[str, PodActivity] = {}
+        self._processes_info = True
+        """False once the driver lacks `nvmlDeviceGetProcessesUtilizationInfo`."""
+        self.activity: tuple[GpuActivity, ...] = ()
+        """Per-pod activity of each GPU over the latest read (see `ActivityReporting`)."""
+        self.mig_devices: tuple[MigDevice, ...] = ()
+        """The MIG devices of MIG-enabled GPUs, as found at start-up (see `MigReporting`)."""
 
     @classmethod
     async def open(cls, max_step_s: float) -> NvmlSource:
@@ -114,6 +138,39 @@ class NvmlSource:
             method = COUNTER if integral is None else POWER_INTEGRATION
             devices.append(_Device(handle, Gpu(index, uuid, name, method), integral))
         self._devices = devices
+        self.mig_devices = tuple(m for d in devices for m in self._migs(d))
+
+    def _migs(self, device: _Device) -> list[MigDevice]:
+        """The MIG devices of one GPU: none where MIG is unsupported or off."""
+        nvml = self._nvml
+        try:
+            current, _ = nvml.nvmlDeviceGetMigMode(device.handle)
+        except nvml.NVMLError:
+            return []  # NotSupported: a GPU without MIG
+        if current != nvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        found = []
+        try:
+            for i in range(nvml.nvmlDeviceGetMaxMigDeviceCount(device.handle)):
+                try:
+                    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(device.handle, i)
+                except nvml.NVMLError_NotFound:
+                    continue  # no MIG device at this index
+                name = str(nvml.nvmlDeviceGetName(mig))  # "NVIDIA A100-SXM4-80GB MIG 3g.40gb"
+                found.append(
+                    MigDevice(
+                        uuid=str(nvml.nvmlDeviceGetUUID(mig)),
+                        parent_uuid=device.gpu.uuid,
+                        gpu_instance=int(nvml.nvmlDeviceGetGpuInstanceId(mig)),
+                        profile=name.rpartition(" MIG ")[2] or name,
+                        slices=int(nvml.nvmlDeviceGetAttributes(mig).gpuInstanceSliceCount),
+                    )
+                )
+        except nvml.NVMLError as e:
+            # Energy is read per physical GPU all the same; only MIG device IDs go unresolved.
+            log.warning("MIG devices not listed", gpu=device.gpu.index, reason=error_reason(e), error=str(e))
+            return []
+        return found
 
     async def read(self) -> list[GpuSample]:
         return await self._thread.call(self._read)
@@ -131,15 +188,53 @@ class NvmlSource:
             self._stale = False
         samples: list[GpuSample] = []
         failures: list[EnergyReadError] = []
+        activity: list[GpuActivity] = []
         for device in self._devices:
             try:
                 samples.append(self._read_device(device))
             except EnergyReadError as e:
                 failures.append(e)
+                continue
+            pods = self._read_pods(device)
+            if pods:
+                activity.append(GpuActivity(device.gpu.uuid, samples[-1].t, pods=pods))
         if failures and not samples:
             self._stale = True
             raise failures[0]
+        self.activity = tuple(activity)
         return samples
+
+    def _read_pods(self, device: _Device) -> dict[str, float]:
+        """The pods' SM activity on the GPU since the previous read; empty where NVML has none."""
+        nvml = self._nvml
+        tracker = self._pod_activity.setdefault(device.gpu.uuid, PodActivity(self._proc))
+        error: str | None = None
+        samples: list[Any] = []
+        try:
+            samples = self._process_samples(device.handle, tracker.last_seen_us)
+        except nvml.NVMLError_NotFound:
+            pass  # no process sampled since the last read
+        except nvml.NVMLError as e:
+            error = error_reason(e)
+        if error != device.activity_error:
+            gpu = device.gpu
+            if error is None:
+                log.info("per-process activity available", gpu=gpu.index, uuid=gpu.uuid)
+            else:
+                log.warning("no per-process activity", gpu=gpu.index, uuid=gpu.uuid, reason=error)
+            device.activity_error = error
+        if error is not None:
+            return {}
+        return dict(tracker.update((s.pid, s.timeStamp, s.smUtil) for s in samples))
+
+    def _process_samples(self, handle: Any, last_seen_us: int) -> list[Any]:
+        nvml = self._nvml
+        if self._processes_info:
+            try:
+                return list(nvml.nvmlDeviceGetProcessesUtilizationInfo(handle, last_seen_us))
+            except nvml.NVMLError_FunctionNotFound:
+                self._processes_info = False
+        return list(nvml.nvmlDeviceGetProcessUtilization(handle, last_seen_us))
 
     def _read_device(self, device: _Device) -> GpuSample:
         nvml = self._nvml

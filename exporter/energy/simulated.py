@@ -4,6 +4,11 @@ Load follows a repeating, piecewise-constant `LoadSchedule`. A GPU's power is it
 the energy of the tokens its server processes (joules per prompt token and per generated token),
 spread evenly over the server's GPUs. Because load is constant within each phase, cumulative energy
 and token counts have exact closed forms: tests know the ground truth to the microjoule.
+
+`SharedFleet` puts several tenants on one GPU: pods time-slicing a whole GPU, or MIG instances
+(with deterministic MIG UUIDs and profiles). Each tenant has its own schedule and reports its
+activity (busy fraction of the whole GPU, per pod or per GPU instance), so every share method can
+be exercised without hardware, against a known truth.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
-from exporter.model import Gpu, GpuSample
+from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
+from exporter.placement import MIG_SLICES_PER_GPU, mig_profile_slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,19 @@ class LoadSchedule:
             offset -= p.duration_s
         return self.phases[-1]
 
+    def edges(self, t0: float, t1: float) -> list[float]:
+        """The instants in (t0, t1) where the load changes (phase boundaries, the start)."""
+        found = [self.start] if t0 < self.start < t1 else []
+        if t1 <= self.start:
+            return found
+        edge = self.start + math.floor((max(t0, self.start) - self.start) / self._cycle_s) * self._cycle_s
+        while edge < t1:
+            for p in self.phases:
+                edge += p.duration_s
+                if t0 < edge < t1:
+                    found.append(edge)
+        return found
+
     def totals_at(self, t: float) -> LoadTotals:
         """Exact cumulative work from `start` to `t` (zero before the start)."""
         elapsed = max(0.0, t - self.start)
@@ -117,9 +137,7 @@ class SimulatedFleet:
             raise ValueError("a simulated fleet needs at least one GPU")
         self.schedule = schedule
         self.power = power
-        self.gpus = tuple(
-            Gpu(index=i, uuid=f"GPU-00000000-0000-4000-8000-{i:012d}", model=gpu_model) for i in range(gpus)
-        )
+        self.gpus = tuple(Gpu(index=i, uuid=_gpu_uuid(i), model=gpu_model) for i in range(gpus))
 
     def energy_at(self, t: float) -> float:
         """Exact energy in joules one GPU has used from the schedule's start to `t`."""
@@ -136,21 +154,136 @@ class SimulatedFleet:
         return self.power.idle_w + work_w / len(self.gpus)
 
 
+def _gpu_uuid(index: int) -> str:
+    return f"GPU-00000000-0000-4000-8000-{index:012d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """Work on one simulated GPU: a pod's processes sharing the whole GPU, or one MIG instance."""
+
+    schedule: LoadSchedule
+    j_per_input_token: float
+    j_per_output_token: float
+    full_w: float
+    """Power above idle when the tenant keeps the whole GPU busy: its activity (busy fraction of
+    the whole GPU) is its power above idle divided by this."""
+    pod_uid: str | None = None
+    """The pod whose processes these are (reported as per-pod activity on a whole GPU)."""
+    mig: tuple[int, str] | None = None
+    """(GPU instance ID, profile such as `3g.40gb`) on a MIG GPU (reported per instance)."""
+    fraction: float = 1.0
+    """The part of the schedule's work that runs on this GPU."""
+
+    def work_j(self, t: float) -> float:
+        totals = self.schedule.totals_at(t)
+        work = self.j_per_input_token * totals.input_tokens + self.j_per_output_token * totals.output_tokens
+        return self.fraction * work
+
+    def work_w(self, t: float) -> float:
+        p = self.schedule.phase_at(t)
+        return self.fraction * (self.j_per_input_token * p.input_tps + self.j_per_output_token * p.output_tps)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedGpu:
+    idle_w: float
+    tenants: tuple[Tenant, ...]
+
+
+class SharedFleet:
+    """GPUs with several tenants each, energy and activity in closed form from `start` on."""
+
+    def __init__(self, gpus: Sequence[SharedGpu], start: float, gpu_model: str = "Simulated GPU") -> None:
+        self.specs = tuple(gpus)
+        self.start = start
+        self.gpus = tuple(Gpu(index=i, uuid=_gpu_uuid(i), model=gpu_model) for i in range(len(gpus)))
+        self.mig_devices = tuple(
+            MigDevice(
+                f"MIG-00000000-0000-4000-9000-{i:04d}{t.mig[0]:08d}",
+                self.gpus[i].uuid,
+                t.mig[0],
+                t.mig[1],
+                mig_profile_slices(t.mig[1]),
+            )
+            for i, spec in enumerate(self.specs)
+            for t in spec.tenants
+            if t.mig is not None
+        )
+
+    def energy_at(self, index: int, t: float) -> float:
+        """Exact energy GPU `index` used from the start to `t`."""
+        spec = self.specs[index]
+        return spec.idle_w * max(0.0, t - self.start) + sum(x.work_j(t) for x in spec.tenants)
+
+    def samples(self, t: float) -> list[GpuSample]:
+        return [
+            GpuSample(g, t, self.energy_at(g.index, t), spec.idle_w + sum(x.work_w(t) for x in spec.tenants))
+            for g, spec in zip(self.gpus, self.specs, strict=True)
+        ]
+
+    def activity(self, t0: float, t1: float) -> tuple[GpuActivity, ...]:
+        """Each tenant's mean activity over (t0, t1], as a per-process or DCGM reading would give it."""
+        found = []
+        for g, spec in zip(self.gpus, self.specs, strict=True):
+            busy = [(x, (x.work_j(t1) - x.work_j(t0)) / x.full_w / (t1 - t0)) for x in spec.tenants]
+            found.append(
+                GpuActivity(
+                    g.uuid,
+                    t1,
+                    pods={x.pod_uid: b for x, b in busy if x.pod_uid is not None and x.mig is None},
+                    instances={x.mig[0]: b for x, b in busy if x.mig is not None},
+                )
+            )
+        return tuple(found)
+
+    def tenant_energy(self, index: int, tenant: int, t0: float, t1: float) -> float:
+        """The truth: the tenant's own work plus the idle power split by the tenants' activity
+        instant by instant (with nobody active: equally, or by slices of seven on MIG)."""
+        spec = self.specs[index]
+        me = spec.tenants[tenant]
+        cuts = sorted({t0, t1, *(e for x in spec.tenants for e in x.schedule.edges(t0, t1))})
+        idle_j = 0.0
+        for a, b in pairwise(cuts):
+            mid = (a + b) / 2
+            total = sum(x.work_w(mid) / x.full_w for x in spec.tenants)
+            if total > 0:
+                part = me.work_w(mid) / me.full_w / total
+            elif me.mig is not None:
+                part = mig_profile_slices(me.mig[1]) / MIG_SLICES_PER_GPU
+            else:
+                part = 1.0 / len(spec.tenants)
+            idle_j += spec.idle_w * (b - a) * part
+        return me.work_j(t1) - me.work_j(t0) + idle_j
+
+
 class SimulatedSource:
-    """The `simulated` energy source: reads a `SimulatedFleet` at the clock's current instant."""
+    """The `simulated` energy source: reads a simulated fleet at the clock's current instant.
+
+    With a `SharedFleet` it also reports the fleet's MIG devices and, for each read, every tenant's
+    activity since the previous read.
+    """
 
     name = "simulated"
     reads_fresh = True
 
-    def __init__(self, fleet: SimulatedFleet, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, fleet: SimulatedFleet | SharedFleet, clock: Callable[[], float] = time.time) -> None:
         self.fleet = fleet
         self._clock = clock
+        self._last_t: float | None = None
+        self.activity: tuple[GpuActivity, ...] = ()
+        self.mig_devices: tuple[MigDevice, ...] = fleet.mig_devices if isinstance(fleet, SharedFleet) else ()
 
     async def read(self) -> list[GpuSample]:
         t = self._clock()
-        energy = self.fleet.energy_at(t)
-        power = self.fleet.power_at(t)
-        return [GpuSample(gpu=g, t=t, energy_j=energy, power_w=power) for g in self.fleet.gpus]
+        if isinstance(self.fleet, SimulatedFleet):
+            energy = self.fleet.energy_at(t)
+            power = self.fleet.power_at(t)
+            return [GpuSample(gpu=g, t=t, energy_j=energy, power_w=power) for g in self.fleet.gpus]
+        if self._last_t is not None and t > self._last_t:
+            self.activity = self.fleet.activity(self._last_t, t)
+        self._last_t = t
+        return self.fleet.samples(t)
 
     async def close(self) -> None:
         return None

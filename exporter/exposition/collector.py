@@ -138,7 +138,7 @@ class TokenwattCollector(Collector):
             last.add_metric(values, g.t)
             if g.power_w is not None:
                 power.add_metric(values, g.power_w)
-        yield from (energy, power, last)
+        yield from (energy, power, last, _share_metric(snap))
 
     def _server_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         energy = CounterMetricFamily(
@@ -408,3 +408,15 @@ class TokenwattCollector(Collector):
         build.add_metric([health.version], 1.0)
         yield from (up, scrape_s, last_scrape, scrape_errors, gpu_info)
         yield from (source_up, read_s, read_errors, refresh, build)
+
+
+def _share_metric(snap: Snapshot) -> Metric:
+    share = GaugeMetricFamily(
+        "tokenwatt_gpu_share",
+        "The server's share of the GPU's energy over the stretch up to its latest reading, by split method.",
+        labels=["server", "gpu", "uuid", "method"],
+    )
+    for g in snap.gpus:
+        for s in g.shares:
+            share.add_metric([s.server, str(g.gpu.index), g.gpu.uuid, s.method], s.share)
+    return share

@@ -240,11 +240,11 @@ def place(
     gpus: Sequence[Gpu],
     migs: Sequence[MigDevice] = (),
 ) -> tuple[Placement, list[Unmatched]]:
-    """Every server's devices: configured (`static`: server -> gpus:) or its pod's, from the kubelet."""
+    """Every server's devices: configured (`static`: server -> gpus:) or, for a server not in `static`,
+    its pod's, from the kubelet (`devices`: server -> device IDs). `pods` names each server's pod."""
     selectors: dict[str, Sequence[int | str] | None] = dict(static)
-    selectors.update((server, sorted(devices.get(server, ()))) for server in pods)
-    placement, unmatched = place_static(selectors, gpus, migs)
-    return Placement(placement.holdings, dict(pods)), unmatched
+    selectors.update((server, sorted(devices.get(server, ()))) for server in pods if server not in static)
+    return place_static(selectors, gpus, migs, pods)
 
 
 def refresher_of(config: Config) -> KubeletRefresher | None:

@@ -4,7 +4,9 @@ For every GPU, energy attributed to servers plus unattributed energy equals the 
 energy up to its settled horizon; what the servers were given equals what the GPUs attributed
 (settled or still ahead of the horizon); and no cumulative figure ever decreases. The traces mix
 counter resets on both sides, gaps in the energy readings, late scrapes, idle stretches, shared
-GPUs, a GPU that serves nobody and placement changes.
+GPUs, a GPU that serves nobody and placement changes; shares that change at every reading (pods'
+activity on a time-sliced GPU, MIG instances' activity, a pod nobody stands for), activity that
+stops being reported (equal and slice shares then) and servers whose pod is unknown.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 from pytest import approx
 
 from exporter.accounting.book import Accountant, Snapshot
-from exporter.model import GpuSample, ModelTokens, TokenSample
+from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 from exporter.placement import Holding, Placement
 from tests.accounting.builders import GPU0, GPU1
 
@@ -37,6 +39,7 @@ class Step:
     token_reset: bool
     lag: float  # how long before the tick the scrape was taken (the midpoint of a request)
     place: int | None  # a new placement, if any
+    activity: tuple[float, float, float, float] | None  # pods a, b, c and a stranger; None: none measured
 
 
 steps = st.lists(
@@ -50,22 +53,39 @@ steps = st.lists(
         tokens=st.sampled_from([0.0, 0.0, 1.0, 7.5]) | st.floats(0.0, 300.0),
         token_reset=st.sampled_from([False] * 9 + [True]),
         lag=st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 1.0, 2.5]),
-        place=st.sampled_from([None] * 15 + [0, 1, 2]),
+        place=st.sampled_from([None] * 15 + [0, 1, 2, 3]),
+        activity=st.none() | st.tuples(*[st.sampled_from([0.0, 0.05, 0.3, 1.0]) | st.floats(0.0, 1.0)] * 4),
     ),
     min_size=20,
     max_size=120,
 )
 
+WHOLE_0, WHOLE_1 = Holding(GPU0.uuid), Holding(GPU1.uuid)
+MIG_1, MIG_2 = Holding(GPU1.uuid, 1, 3), Holding(GPU1.uuid, 2, 2)
+PODS = {s: PodRef("ns", s, f"uid-{s}") for s in SERVERS}
 PLACEMENTS = (
-    {"a": [GPU0], "b": [GPU0], "c": [GPU0, GPU1]},
-    {"a": [GPU0, GPU1], "b": [], "c": [GPU1]},
-    {"a": [GPU0], "b": [GPU1], "c": []},
+    # GPU0 time-sliced by three pods, GPU1 exclusive.
+    ({"a": [WHOLE_0], "b": [WHOLE_0], "c": [WHOLE_0, WHOLE_1]}, PODS),
+    # GPU1 in MIG mode, instances 1 and 2 held (3 unheld), GPU0 exclusive.
+    ({"a": [WHOLE_0, MIG_1], "b": [], "c": [MIG_2]}, PODS),
+    ({"a": [WHOLE_0], "b": [WHOLE_1], "c": []}, PODS),
+    # b's pod UID unknown: GPU0 in equal shares whatever the activity.
+    ({"a": [WHOLE_0], "b": [WHOLE_0, MIG_1], "c": [MIG_2]}, {"a": PODS["a"]}),
 )
 
 
 def _placement(choice: int) -> Placement:
-    chosen = PLACEMENTS[choice % len(PLACEMENTS)]
-    return Placement({s: frozenset(Holding(g.uuid) for g in chosen[s]) for s in SERVERS})
+    holdings, pods = PLACEMENTS[choice % len(PLACEMENTS)]
+    return Placement({s: frozenset(holdings[s]) for s in SERVERS}, pods)
+
+
+def _activity(gpu: Gpu, t: float, busy: tuple[float, float, float, float]) -> GpuActivity:
+    """Pods' activity on GPU0, instances' on GPU1 (a source reports one kind per GPU)."""
+    scale = max(1.0, sum(busy))
+    if gpu is GPU0:
+        pods = {f"uid-{k}": v / scale for k, v in zip("abcx", busy, strict=True)}
+        return GpuActivity(gpu.uuid, t, pods=pods)
+    return GpuActivity(gpu.uuid, t, instances={i: v / scale for i, v in enumerate(busy[:3], start=1)})
 
 
 def _cumulative(snap: Snapshot) -> dict[tuple[str, ...], float]:
@@ -98,6 +118,8 @@ def test_every_joule_is_attributed_once_and_ledgers_never_decrease(trace: list[S
     previous: dict[tuple[str, ...], float] = {}
     for step in trace:
         now += step.dt
+        if step.activity is not None:
+            acc.add_activity([_activity(gpu, now, step.activity) for gpu in GPUS])
         for i, gpu in enumerate(GPUS):
             if step.read_gpus[i]:
                 energy[i] = step.joules[i] if step.energy_reset else energy[i] + step.joules[i]

@@ -323,13 +323,15 @@ def test_kubelet_placement_mounts_the_pod_resources_directory_and_nothing_more(
     downward = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
     ]
     daemonset = renderings["daemonset-kubelet"].one("DaemonSet")["spec"]["template"]["spec"]
     assert by_name(daemonset["volumes"], "tokenwatt-pod-resources")["hostPath"] == directory
     tokenwatt = by_name(daemonset["containers"], "tokenwatt")
     assert mount in tokenwatt["volumeMounts"]
     assert not {"hostNetwork", "hostPID", "hostIPC"} & daemonset.keys()
-    assert not any(e["name"] in ("POD_NAME", "POD_NAMESPACE") for e in tokenwatt["env"])  # servers name pods
+    # A DaemonSet's servers name their pods: no Downward API of its own pod.
+    assert not any(e["name"] in ("POD_NAME", "POD_NAMESPACE", "POD_UID") for e in tokenwatt["env"])
 
     notes = renderings["sidecar-kubelet"].files["tokenwatt/templates/NOTES.txt"]
     sidecar = yaml.safe_load(notes.split("spec.containers (same namespace):\n")[1].split("\nand these")[0])[0]

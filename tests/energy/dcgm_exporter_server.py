@@ -27,6 +27,8 @@ class ExporterGpu:
     mig_instances: tuple[tuple[str, int], ...] = ()
     """(profile, GPU instance id) per MIG instance; empty when MIG is off."""
     pod: str | None = None
+    engine_active: dict[int, float] = field(default_factory=dict)
+    """GPU instance id -> `DCGM_FI_PROF_GR_ENGINE_ACTIVE` (ratio); rendered on MIG rows that have one."""
 
 
 @dataclass
@@ -99,6 +101,9 @@ def render(gpus: list[ExporterGpu], style: ExporterStyle) -> str:
             )
         )
     fields.append(("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %).", "util"))
+    if any(gpu.engine_active for gpu in gpus) and not style.old_namespace:
+        help_text = "Ratio of time the graphics engine is active."
+        fields.append(("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gauge", help_text, "active"))
     lines: list[str] = []
     for field_name, kind, help_text, attr in fields:
         name = _name(style, field_name)
@@ -111,10 +116,15 @@ def render(gpus: list[ExporterGpu], style: ExporterStyle) -> str:
                 "energy_mj": f"{gpu.energy_mj:d}",
                 "energy_j": f"{gpu.energy_mj / 1000:f}",
                 "util": "87",
+                "active": "",
             }[attr]
             for mig in gpu.mig_instances or (None,):
                 if attr == "util" and mig is not None:
                     continue  # not supported per MIG instance: the series is left out
+                if attr == "active":
+                    if mig is None or mig[1] not in gpu.engine_active:
+                        continue
+                    value = f"{gpu.engine_active[mig[1]]:f}"
                 lines.append(f"{name}{{{_labels(gpu, style, mig)}}} {value}")
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,8 @@ def test_functions_and_structures_match(real_pynvml: ModuleType, fake_nvml: Modu
         real = inspect.signature(getattr(real_pynvml, name)).parameters
         fake = inspect.signature(getattr(fake_nvml, name)).parameters
         assert list(real) == list(fake), name
-    for struct in ("c_nvmlFieldValue_t", "c_nvmlValue_t"):
+    structs = ("c_nvmlFieldValue_t", "c_nvmlValue_t", "c_nvmlProcessUtilizationSample_t")
+    for struct in (*structs, "c_nvmlProcessUtilizationInfo_v1_t", "c_nvmlDeviceAttributes"):
         real_fields = [(n, t.__name__) for n, t in getattr(real_pynvml, struct)._fields_]
         fake_fields = [(n, t.__name__) for n, t in getattr(fake_nvml, struct)._fields_]
         assert real_fields == fake_fields, struct

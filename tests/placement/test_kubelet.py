@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.model import Gpu, MigDevice, PodRef
-from exporter.placement import Holding, Unmatched
+from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
+from exporter.placement import Holding, Share, Unmatched
 from exporter.placement.kubelet import KubeletError, KubeletRefresher, PodResourcesClient, place
 from tests.fakes.kubelet import FakeKubelet, FakePod
 
@@ -27,6 +27,9 @@ MIGS = (MigDevice(MIG, C, 2, "3g.40gb", 3),)
 
 LLM = PodRef("llm", "vllm-0")
 CHAT = PodRef("llm", "chat-0")
+UID_LLM = "3f6c0a52-0000-4000-8000-00000000000a"
+UID_CHAT = "3f6c0a52-0000-4000-8000-00000000000b"
+UID_STATIC = "3f6c0a52-0000-4000-8000-00000000000c"
 EMBED = PodRef("embed", "tei-0")
 
 
@@ -237,8 +240,28 @@ def test_place_resolves_every_format_and_reports_the_rest() -> None:
         "gone": frozenset(),
     }
     assert placement.pods["llm"] == LLM and "static" not in placement.pods
-    assert placement.share("llm", B) == placement.share("chat", B) == 0.5  # two pods time-slicing B
+    # Two pods time-slicing B, nothing measured: equal shares.
+    assert placement.shares(B, None) == (Share("chat", 0.5, "equal"), Share("llm", 0.5, "equal"))
     assert unmatched == [Unmatched("chat", "GPU-not-here")]
+
+
+def test_pods_with_uids_split_a_time_sliced_gpu_by_activity_beside_static_servers() -> None:
+    llm, chat = PodRef("llm", "vllm-0", UID_LLM), PodRef("llm", "chat-0", UID_CHAT)
+    static = PodRef("", "", UID_STATIC)  # a server with gpus: and pod_uid: keeps its configured GPUs
+    placement, unmatched = place(
+        {"static": [1]},
+        {"llm": llm, "chat": chat, "static": static},
+        {"llm": [f"{B}::1"], "chat": [f"{B}::2"], "static": [A]},
+        GPUS,
+        MIGS,
+    )
+    assert unmatched == [] and placement.holdings["static"] == {Holding(B)}
+    busy = GpuActivity(B, 1.0, pods={UID_LLM: 0.3, UID_CHAT: 0.1, UID_STATIC: 0.1})
+    assert placement.shares(B, busy) == (
+        Share("chat", 0.2, "activity"),
+        Share("llm", 0.6, "activity"),
+        Share("static", 0.2, "activity"),
+    )
 
 
 async def test_pods_are_matched_by_namespace_and_name_whatever_their_uid(kubelet: FakeKubelet) -> None:

@@ -17,6 +17,10 @@ def config(servers: list[dict[str, Any]], source: str = "kubelet", **kubelet: An
     return {"placement": {"source": source, "kubelet": kubelet}, "servers": servers}
 
 
+UID = "0f5c2a9e-6d41-4b8e-9c2a-1e7d3b5a8c40"
+OTHER_UID = "7a1e4c2b-3d5f-4a6b-8c9d-0e1f2a3b4c5d"
+
+
 def problems(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as e:
         validate_config(data)
@@ -90,6 +94,7 @@ def test_bad_placement_settings() -> None:
 def test_a_bare_server_is_the_pod_of_the_downward_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POD_NAMESPACE", "llm")
     monkeypatch.setenv("POD_NAME", "vllm-7f9c-xk2p")
+    monkeypatch.setenv("POD_UID", UID)
     servers = [
         {"name": "a", "url": URL},
         {"name": "b", "url": URL, "pod": "other/pod-1"},
@@ -97,6 +102,10 @@ def test_a_bare_server_is_the_pod_of_the_downward_api(monkeypatch: pytest.Monkey
     ]
     c = validate_config(config(servers))
     assert [s.pod_ref for s in c.servers] == [PodRef("llm", "vllm-7f9c-xk2p"), PodRef("other", "pod-1"), None]
+    # POD_UID is the UID of the Downward API's pod only; a configured pod_uid wins over it.
+    assert [s.pod_uid for s in c.servers] == [UID, None, None]
+    own = validate_config(config([{"name": "a", "url": URL, "pod_uid": OTHER_UID}]))
+    assert own.servers[0].pod_uid == OTHER_UID
     # Static placement ignores the environment: the server keeps every GPU, as before.
     assert validate_config(config(servers[:1], source="static")).servers[0].pod_ref is None
 

@@ -94,6 +94,7 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   {{- if .sidecar }}
   {{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
   {{- $env = append $env (dict "name" "POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) }}
+  {{- $env = append $env (dict "name" "POD_UID" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.uid"))) }}
   {{- end }}
   {{- $env = concat $env $values.env }}
   {{- with $env }}

@@ -95,6 +95,37 @@ def dcgmFieldGroupDestroy(dcgm_handle: int, fieldGroupId: int) -> None:
     ENGINE.field_groups.pop(fieldGroupId, None)
 
 
+def dcgmGroupCreate(dcgm_handle: int, type: int, groupName: str) -> int:
+    ENGINE.record("dcgmGroupCreate")
+    _check(dcgm_handle)
+    group_id = max(ENGINE.groups, default=0) + 1
+    ENGINE.groups[group_id] = type
+    return group_id
+
+
+def dcgmGetGpuInstanceHierarchy(dcgm_handle: int) -> dcgm_structs.c_dcgmMigHierarchy_v2:
+    """Every GPU instance (parent: its GPU) and compute instance (parent: its GPU instance)."""
+    ENGINE.record("dcgmGetGpuInstanceHierarchy")
+    _check(dcgm_handle)
+    hierarchy = dcgm_structs.c_dcgmMigHierarchy_v2()
+    entries = []
+    for eid, gpu_id, instance in ENGINE.instances():
+        gpu = ENGINE.gpus[gpu_id]
+        entries.append((dcgm_fields.DCGM_FE_GPU_I, eid, dcgm_fields.DCGM_FE_GPU, gpu_id, gpu, instance))
+        entries.append((dcgm_fields.DCGM_FE_GPU_CI, eid, dcgm_fields.DCGM_FE_GPU_I, eid, gpu, instance))
+    for i, (group, eid, parent_group, parent_id, gpu, instance) in enumerate(entries):
+        entry = hierarchy.entityList[i]
+        entry.entity.entityGroupId, entry.entity.entityId = group, eid
+        entry.parent.entityGroupId, entry.parent.entityId = parent_group, parent_id
+        entry.info.gpuUuid = gpu.uuid.encode()
+        entry.info.nvmlGpuIndex = ENGINE.gpus.index(gpu)
+        entry.info.nvmlInstanceId = instance.gpu_instance
+        entry.info.nvmlComputeInstanceId = 0
+        entry.info.nvmlProfileSlices = instance.slices
+    hierarchy.count = len(entries)
+    return hierarchy
+
+
 def dcgmWatchFields(
     dcgm_handle: int, groupId: int, fieldGroupId: int, updateFreq: int, maxKeepAge: float, maxKeepSamples: int
 ) -> None:
@@ -102,6 +133,8 @@ def dcgmWatchFields(
     ENGINE.record("dcgmWatchFields")
     _check(dcgm_handle)
     fields = ENGINE.field_groups[fieldGroupId]
+    if not ENGINE.profiling and any(f >= 1001 for f in fields):
+        dcgm_structs._dcgmCheckReturn(dcgm_structs.DCGM_ST_MODULE_NOT_LOADED)
     ENGINE.watches.append((groupId, fields, updateFreq, maxKeepAge, maxKeepSamples))
 
 
@@ -133,7 +166,12 @@ def dcgmEntitiesGetLatestValues(
             is_int = field_id == dcgm_fields.DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION
             v.fieldType = ord(dcgm_fields.DCGM_FT_INT64 if is_int else dcgm_fields.DCGM_FT_DOUBLE)
             cached = ENGINE.cache.get((entity.entityId, field_id))
-            if entity.entityGroupId != dcgm_fields.DCGM_FE_GPU or entity.entityId >= len(ENGINE.gpus):
+            if entity.entityGroupId == dcgm_fields.DCGM_FE_GPU_I:
+                known = entity.entityId < len(ENGINE.instances())
+                cached = ENGINE.instance_cache.get((entity.entityId, field_id))
+            else:
+                known = entity.entityGroupId == dcgm_fields.DCGM_FE_GPU and entity.entityId < len(ENGINE.gpus)
+            if not known:
                 v.status = dcgm_structs.DCGM_ST_BADPARAM
             elif field_id not in watched:
                 v.status = dcgm_structs.DCGM_ST_NOT_WATCHED

@@ -29,9 +29,14 @@ DCGM_ST_NO_PERMISSION = -17
 DCGM_ST_GPU_IS_LOST = -18
 DCGM_ST_CONNECTION_NOT_VALID = -21
 DCGM_ST_LIBRARY_NOT_FOUND = -25
+DCGM_ST_MODULE_NOT_LOADED = -33
 
 DCGM_OPERATION_MODE_AUTO = 1
 DCGM_OPERATION_MODE_MANUAL = 2
+DCGM_GROUP_DEFAULT = 0
+DCGM_GROUP_EMPTY = 1
+DCGM_GROUP_DEFAULT_INSTANCES = 3
+"""A group of every GPU instance of the node."""
 DCGM_GROUP_ALL_GPUS = 0x7FFFFFFF
 DCGM_FV_FLAG_LIVE_DATA = 0x00000001
 DCGM_MAX_STR_LENGTH = 256
@@ -138,3 +143,34 @@ class c_dcgmDeviceIdentifiers_v1(Structure):
 
 class c_dcgmDeviceAttributes_v3(Structure):
     _fields_: ClassVar = [("version", c_uint), ("identifiers", c_dcgmDeviceIdentifiers_v1)]
+
+
+class c_dcgmMigEntityInfo_t(Structure):
+    _fields_: ClassVar = [
+        ("gpuUuid", c_char * 128),
+        ("nvmlGpuIndex", c_uint),
+        ("nvmlInstanceId", c_uint),
+        ("nvmlComputeInstanceId", c_uint),
+        ("nvmlMigProfileId", c_uint),
+        ("nvmlProfileSlices", c_uint),
+    ]
+
+
+class c_dcgmMigHierarchyInfo_v2(Structure):
+    _fields_: ClassVar = [
+        ("entity", c_dcgmGroupEntityPair_t),
+        ("parent", c_dcgmGroupEntityPair_t),
+        ("info", c_dcgmMigEntityInfo_t),
+    ]
+
+
+DCGM_MAX_NUM_DEVICES = 32
+DCGM_MAX_HIERARCHY_INFO = DCGM_MAX_NUM_DEVICES * 14
+
+
+class c_dcgmMigHierarchy_v2(Structure):
+    _fields_: ClassVar = [
+        ("version", c_uint),
+        ("count", c_uint),
+        ("entityList", c_dcgmMigHierarchyInfo_v2 * DCGM_MAX_HIERARCHY_INFO),
+    ]

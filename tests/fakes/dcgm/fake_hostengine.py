@@ -19,6 +19,17 @@ FP64_NOT_SUPPORTED = FP64_BLANK + 2.0
 
 
 @dataclass
+class FakeInstance:
+    """A MIG GPU instance (with one compute instance) on a GPU."""
+
+    gpu_instance: int
+    """NVML's GPU instance ID (`GPU_I_ID` in dcgm-exporter)."""
+    slices: int
+    engine_active: float = 0.0
+    """Field 1001, DCGM_FI_PROF_GR_ENGINE_ACTIVE: ratio of time the instance's engine was busy."""
+
+
+@dataclass
 class FakeGpu:
     uuid: str
     name: str = "NVIDIA H100 80GB HBM3"
@@ -28,6 +39,8 @@ class FakeGpu:
     """Field 155."""
     instant_power_w: float = 72.5
     """Field 157; FP64_NOT_SUPPORTED on a DCGM before 3.2."""
+    instances: list[FakeInstance] = field(default_factory=list)
+    """MIG GPU instances; empty when MIG is off."""
 
 
 @dataclass
@@ -53,6 +66,12 @@ class HostEngine:
     """(gpu id, field id) -> latest sample."""
     blank: set[tuple[int, int]] = field(default_factory=set)
     """(gpu id, field id) pairs that sample as DCGM's blank sentinel."""
+    profiling: bool = True
+    """False where DCGM's profiling module is not loaded: watching fields 1001+ fails."""
+    groups: dict[int, int] = field(default_factory=dict)
+    """Entity group id -> group type it was created with."""
+    instance_cache: dict[tuple[int, int], CachedValue] = field(default_factory=dict)
+    """(GPU-instance entity id, field id) -> latest sample."""
     connects: list[str] = field(default_factory=list)
     calls: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,7 +85,14 @@ class HostEngine:
         self.generation += 1
         self.watches.clear()
         self.field_groups.clear()
+        self.groups.clear()
         self.cache.clear()
+        self.instance_cache.clear()
+
+    def instances(self) -> list[tuple[int, int, FakeInstance]]:
+        """(GPU-instance entity id, GPU id, instance): DCGM numbers instances across the node."""
+        found = [(gpu_id, i) for gpu_id, gpu in enumerate(self.gpus) for i in gpu.instances]
+        return [(eid, gpu_id, i) for eid, (gpu_id, i) in enumerate(found)]
 
     def sample(self) -> None:
         """One update cycle: every watched field of every GPU is sampled now."""
@@ -79,6 +105,9 @@ class HostEngine:
                 if (gpu_id, field_id) in self.blank:
                     value = INT64_BLANK if field_id == 156 else FP64_BLANK
                 self.cache[(gpu_id, field_id)] = CachedValue(0, ts_us, value)
+        if 1001 in watched:
+            for eid, _, instance in self.instances():
+                self.instance_cache[(eid, 1001)] = CachedValue(0, ts_us, instance.engine_active)
 
     def record(self, name: str) -> None:
         with self.lock:

@@ -9,7 +9,10 @@ against the installed `nvidia-ml-py`.
 
 The simulated machine is `DRIVER`: tests set GPUs' energy (mJ) and power (mW), make the library
 missing, make a GPU lack the energy counter (pre-Volta), lose a GPU, or reload the driver (counters
-restart from zero and old handles die).
+restart from zero and old handles die). Processes' utilization samples (pid, timeStamp in µs since
+1970, smUtil %) are returned as the driver does: only those newer than the caller's timestamp,
+`NotFound` when there are none, `NotSupported` on a GPU without per-process data (MIG mode), and
+`FunctionNotFound` for `nvmlDeviceGetProcessesUtilizationInfo` on drivers older than 550.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ NVML_FI_DEV_POWER_INSTANT = 186
 
 NVML_DEVICE_ARCH_PASCAL = 4
 NVML_DEVICE_ARCH_VOLTA = 5
+
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
 
 
 class NVMLError(Exception):
@@ -136,6 +142,44 @@ class c_nvmlValue_t(Union):
     ]
 
 
+class c_nvmlProcessUtilizationSample_t(Structure):
+    _fields_ = [
+        ("pid", c_uint),
+        ("timeStamp", c_ulonglong),
+        ("smUtil", c_uint),
+        ("memUtil", c_uint),
+        ("encUtil", c_uint),
+        ("decUtil", c_uint),
+    ]
+
+
+class c_nvmlProcessUtilizationInfo_v1_t(Structure):
+    _fields_ = [
+        ("timeStamp", c_ulonglong),
+        ("pid", c_uint),
+        ("smUtil", c_uint),
+        ("memUtil", c_uint),
+        ("encUtil", c_uint),
+        ("decUtil", c_uint),
+        ("jpgUtil", c_uint),
+        ("ofaUtil", c_uint),
+    ]
+
+
+class c_nvmlDeviceAttributes(Structure):
+    _fields_ = [
+        ("multiprocessorCount", c_uint),
+        ("sharedCopyEngineCount", c_uint),
+        ("sharedDecoderCount", c_uint),
+        ("sharedEncoderCount", c_uint),
+        ("sharedJpegCount", c_uint),
+        ("sharedOfaCount", c_uint),
+        ("gpuInstanceSliceCount", c_uint),
+        ("computeInstanceSliceCount", c_uint),
+        ("memorySizeMB", c_ulonglong),
+    ]
+
+
 class c_nvmlFieldValue_t(Structure):
     _fields_ = [
         ("fieldId", c_uint32),
@@ -152,6 +196,17 @@ class c_nvmlFieldValue_t(Structure):
 
 
 @dataclass
+class FakeMig:
+    """A MIG device (GPU instance with one compute instance) on a MIG-enabled GPU."""
+
+    uuid: str
+    gpu_instance: int
+    profile: str
+    """e.g. `3g.40gb`: NVML names the device `<GPU name> MIG <profile>`."""
+    slices: int
+
+
+@dataclass
 class FakeGpu:
     uuid: str
     name: str = "NVIDIA H100 80GB HBM3"
@@ -162,6 +217,14 @@ class FakeGpu:
     power_supported: bool = True
     lost: bool = False
     """The GPU fell off the bus: every call on it raises NVMLError_GpuIsLost."""
+    process_samples: list[tuple[int, int, int]] = field(default_factory=list)
+    """(pid, timeStamp µs since 1970, smUtil %) per process and sampling period."""
+    process_utilization_supported: bool = True
+    """False in MIG mode (and on GPUs without per-process data): NVMLError_NotSupported."""
+    mig_capable: bool = False
+    """A100/H100-class GPU: MIG mode can be queried (else NVMLError_NotSupported)."""
+    migs: list[FakeMig] = field(default_factory=list)
+    """MIG devices; MIG mode is enabled when there are any."""
 
 
 @dataclass
@@ -171,6 +234,8 @@ class FakeDriver:
     driver_loaded: bool = True
     generation: int = 0
     """Bumped by a driver reload: handles from before it are dead."""
+    processes_utilization_info: bool = True
+    """False for drivers before 550, which lack `nvmlDeviceGetProcessesUtilizationInfo`."""
     initialised: int = 0
     calls: list[str] = field(default_factory=list)
     clock: Callable[[], float] = time.time
@@ -189,6 +254,19 @@ DRIVER = FakeDriver()
 class _Handle:
     index: int
     generation: int
+
+
+@dataclass(frozen=True)
+class _MigHandle:
+    parent: _Handle
+    index: int
+
+
+def _mig(handle: _MigHandle) -> FakeMig:
+    migs = _gpu(handle.parent).migs
+    if not 0 <= handle.index < len(migs):
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return migs[handle.index]
 
 
 def _check_init() -> None:
@@ -241,12 +319,53 @@ def nvmlDeviceGetHandleByUUID(uuid: str) -> _Handle:
     raise NVMLError(NVML_ERROR_NOT_FOUND)
 
 
-def nvmlDeviceGetUUID(handle: _Handle) -> str:
-    return _gpu(handle).uuid
+def nvmlDeviceGetUUID(handle: _Handle | _MigHandle) -> str:
+    return _mig(handle).uuid if isinstance(handle, _MigHandle) else _gpu(handle).uuid
 
 
-def nvmlDeviceGetName(handle: _Handle) -> str:
+def nvmlDeviceGetName(handle: _Handle | _MigHandle) -> str:
+    if isinstance(handle, _MigHandle):
+        return f"{_gpu(handle.parent).name} MIG {_mig(handle).profile}"
     return _gpu(handle).name
+
+
+def nvmlDeviceGetMigMode(device: _Handle) -> list[int]:
+    """[current, pending] mode; NotSupported on GPUs without MIG."""
+    gpu = _gpu(device)
+    if not gpu.mig_capable:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    mode = NVML_DEVICE_MIG_ENABLE if gpu.migs else NVML_DEVICE_MIG_DISABLE
+    return [mode, mode]
+
+
+def nvmlDeviceGetMaxMigDeviceCount(device: _Handle) -> int:
+    """How many MIG devices could exist (7 on A100/H100 in MIG mode); zero when MIG is off."""
+    gpu = _gpu(device)
+    return 7 if gpu.mig_capable and gpu.migs else 0
+
+
+def nvmlDeviceGetMigDeviceHandleByIndex(device: _Handle, index: int) -> _MigHandle:
+    """NotFound for an index where no MIG device exists."""
+    handle = _MigHandle(device, index)
+    _mig(handle)
+    return handle
+
+
+def nvmlDeviceGetGpuInstanceId(device: _Handle | _MigHandle) -> int:
+    if not isinstance(device, _MigHandle):
+        _gpu(device)
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    return _mig(device).gpu_instance
+
+
+def nvmlDeviceGetAttributes(device: _Handle | _MigHandle) -> c_nvmlDeviceAttributes:
+    attributes = c_nvmlDeviceAttributes()
+    if isinstance(device, _MigHandle):
+        attributes.gpuInstanceSliceCount = attributes.computeInstanceSliceCount = _mig(device).slices
+    else:
+        _gpu(device)
+        attributes.gpuInstanceSliceCount = attributes.computeInstanceSliceCount = 7
+    return attributes
 
 
 def nvmlDeviceGetTotalEnergyConsumption(handle: _Handle) -> int:
@@ -283,3 +402,34 @@ def nvmlDeviceGetFieldValues(handle: _Handle, fieldIds: list[int | tuple[int, in
         else:
             v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
     return values
+
+
+def _process_samples(handle: _Handle, timeStamp: int) -> list[tuple[int, int, int]]:
+    gpu = _gpu(handle)
+    if not gpu.process_utilization_supported:
+        raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+    newer = [s for s in gpu.process_samples if s[1] > timeStamp]
+    if not newer:
+        raise NVMLError(NVML_ERROR_NOT_FOUND)
+    return newer
+
+
+def nvmlDeviceGetProcessUtilization(handle: _Handle, timeStamp: int):
+    """Samples newer than `timeStamp` (µs), as a list of `c_nvmlProcessUtilizationSample_t`."""
+    DRIVER.calls.append("nvmlDeviceGetProcessUtilization")
+    return [
+        c_nvmlProcessUtilizationSample_t(pid, stamp, util, 0, 0, 0)
+        for pid, stamp, util in _process_samples(handle, timeStamp)
+    ]
+
+
+def nvmlDeviceGetProcessesUtilizationInfo(handle: _Handle, timeStamp: int):
+    """The same samples as `c_nvmlProcessUtilizationInfo_v1_t` (drivers 550 and later)."""
+    DRIVER.calls.append("nvmlDeviceGetProcessesUtilizationInfo")
+    _check_init()
+    if not DRIVER.processes_utilization_info:
+        raise NVMLError(NVML_ERROR_FUNCTION_NOT_FOUND)
+    return [
+        c_nvmlProcessUtilizationInfo_v1_t(stamp, pid, util, 0, 0, 0, 0, 0)
+        for pid, stamp, util in _process_samples(handle, timeStamp)
+    ]
