@@ -59,15 +59,16 @@ def image_test(tmp_path_factory: pytest.TempPathFactory) -> ImageTest:
     if reason is not None and not UNDER_CI:
         pytest.skip(f"{reason}: run scripts/image-test by hand")
     inspect = tmp_path_factory.mktemp("image") / "inspect.json"
-    result = subprocess.run(
-        [str(IMAGE_TEST), "--inspect", str(inspect)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    return ImageTest(result, inspect)
+    args = [str(IMAGE_TEST), "--inspect", str(inspect)]
+    with subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: the script stops its daemon and removes its files on the way out.
+            proc.terminate()
+            stdout, stderr = proc.communicate(timeout=330)
+            stderr += "\nscripts/image-test ran past 900 s and was stopped"
+    return ImageTest(subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), inspect)
 
 
 def test_image_builds_runs_and_passes_every_check(image_test: ImageTest) -> None:
