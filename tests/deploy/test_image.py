@@ -73,6 +73,7 @@ def image_test(tmp_path_factory: pytest.TempPathFactory) -> ImageTest:
 
 def test_image_builds_runs_and_passes_every_check(image_test: ImageTest) -> None:
     log = image_test.result.stdout + image_test.result.stderr
+    print(log)  # the steps' times, the image's layers and size: shown by `pytest -rA`
     assert image_test.result.returncode == 0, log[-8000:]
     assert "image test passed" in log
 
