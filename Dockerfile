@@ -2,7 +2,7 @@
 # The DCGM bindings ship with DCGM, not on PyPI: for `source: dcgm` build FROM this image and add
 # `datacenter-gpu-manager-4-core` of the host engine's version (see docs/configuration.md).
 #
-#   docker build -t tokenwatt:0.1.0 .
+#   docker build -t tokenwatt:0.1.0 .       (BuildKit: the default since Docker 23; DOCKER_BUILDKIT=1 before)
 #   docker run --rm -p 9839:9839 -v "$PWD/tokenwatt.yml:/etc/tokenwatt/tokenwatt.yml:ro" tokenwatt:0.1.0
 
 # Both stages use the same base (change both together): the virtual environment built in the first

@@ -14,7 +14,6 @@ import sys
 import tarfile
 import time
 import tomllib
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import yaml
 from exporter import __version__
 from tests.conftest import free_port
 from tests.deploy.artifacts import REPO
+from tests.test_demo import fetch, output_jpt_1m
 
 RELEASE_TOOLS = ("build==1.6.1", "twine==7.0.0")
 
@@ -95,15 +95,6 @@ def test_wheel_holds_the_package_and_its_command_only(dist: Dist) -> None:
     assert tops == ours | {"PKG-INFO", ".gitignore"}
 
 
-def _metrics(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body: bytes = resp.read()
-            return body.decode()
-    except OSError:
-        return None
-
-
 @pytest.mark.parametrize("artifact", ["wheel", "sdist"])
 def test_installs_in_a_fresh_venv_and_serves_the_demo(artifact: str, dist: Dist, tmp_path: Path) -> None:
     bin_dir = make_venv(tmp_path / "venv", getattr(dist, artifact))
@@ -121,10 +112,10 @@ def test_installs_in_a_fresh_venv_and_serves_the_demo(artifact: str, dist: Dist,
     try:
         deadline = time.monotonic() + 20
         page = ""
-        while "tokenwatt_joules_per_token{" not in page and time.monotonic() < deadline:
+        while output_jpt_1m(page) is None and time.monotonic() < deadline:
             time.sleep(0.2)
-            page = _metrics(f"http://127.0.0.1:{port}/metrics") or ""
-        assert "tokenwatt_joules_per_token{" in page, "no joules per token within 20 s"
+            page = fetch(f"http://127.0.0.1:{port}/metrics") or ""
+        assert output_jpt_1m(page) is not None, "no joules per token within 20 s"
         assert f'tokenwatt_build_info{{version="{__version__}"}} 1.0' in page
     finally:
         demo.send_signal(signal.SIGTERM)
