@@ -10,6 +10,7 @@ from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError, RefreshObserving
 from exporter.energy.dcgm_exporter import DcgmExporterSource, parse_page
 from exporter.model import GpuSample
+from exporter.pages.parser import ParseError
 from tests.conftest import free_port
 from tests.energy.dcgm_exporter_server import ExporterGpu, ExporterStyle, FakeDcgmExporter, render
 
@@ -202,7 +203,7 @@ async def test_failures_are_errors_with_reasons_not_zero(serve: Serve) -> None:
     nothing_there = await open_source(f"http://127.0.0.1:{free_port()}/metrics", Clock(1000.0))
     with pytest.raises(EnergyReadError) as failed:
         await nothing_there.read()
-    assert failed.value.reason == "connect"
+    assert failed.value.reason == "connection"
     await nothing_there.close()
 
 
@@ -211,5 +212,5 @@ def test_malformed_wanted_line_is_a_parse_error_and_other_junk_is_ignored() -> N
     junk = "DCGM_FI_DEV_SOMETHING_ELSE{broken\n"
     [reading] = parse_page(junk + good)
     assert reading.energy_j == 0.042
-    with pytest.raises(ValueError):
+    with pytest.raises(ParseError):
         parse_page(f'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{gpu="0",UUID="{H100_0}"}} lots\n')
