@@ -36,6 +36,8 @@ STALE_INTERVALS = 5
 """The energy source counts as stale when it produced no reading for this many intervals."""
 GRACE_S = 1.0
 """Slack on a heartbeat before a poller counts as stalled."""
+BESIDE_SCRAPE_WAIT_S = 0.05
+"""The longest a scrape waits for the energy read just before it; a slower read finishes on its own."""
 CRASHES_TO_GIVE_UP = 3
 """A poller gives up only after at least this many crashes in a row (and `crash_exit_s`)."""
 
@@ -202,6 +204,7 @@ class EnergyPoller:
         self.last_reading_mono: float | None = None
         self.last_failure: str | None = None
         self._lock = asyncio.Lock()
+        self._background: set[asyncio.Future[float]] = set()
 
     @property
     def deadline_s(self) -> float:
@@ -245,11 +248,19 @@ class EnergyPoller:
         readings milliseconds apart around the scrape make the energy at its instant exact to
         within the scrape's own duration. Only for sources whose every read asks the hardware now,
         not while the source is failing (its poller backs off then), and not while another read
-        is in progress (the scrape does not queue behind it). Returns the time spent.
+        is in progress (the scrape does not queue behind it). A read that takes longer than
+        `BESIDE_SCRAPE_WAIT_S` goes on in the background, within its own deadline, and the scrape
+        goes ahead. Returns the time the caller waited.
         """
         if not self.source.reads_fresh or self.failures or self._lock.locked():
             return 0.0
-        return await self.read()
+        started = time.monotonic()
+        read = asyncio.ensure_future(self.read())
+        done, _ = await asyncio.wait({read}, timeout=BESIDE_SCRAPE_WAIT_S)
+        if not done:
+            self._background.add(read)
+            read.add_done_callback(self._background.discard)
+        return time.monotonic() - started
 
     def _failed(self, e: EnergyReadError) -> None:
         self.failures += 1
