@@ -214,3 +214,27 @@ def test_malformed_wanted_line_is_a_parse_error_and_other_junk_is_ignored() -> N
     assert reading.energy_j == 0.042
     with pytest.raises(ParseError):
         parse_page(f'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{gpu="0",UUID="{H100_0}"}} lots\n')
+
+
+async def test_gpus_are_listed_from_the_first_read_and_a_frozen_page_is_stale(serve: Serve) -> None:
+    exporter = FakeDcgmExporter([ExporterGpu(0, H100_0, energy_mj=10), ExporterGpu(1, H100_1, energy_mj=20)])
+    url = await serve(exporter)
+    clock = Clock(1000.0)
+    source = await open_source(url, clock, collect_interval="30s")
+    assert await source.read() == []  # the baseline: no reading yet, but the GPUs are known
+    assert [(g.uuid, age) for g, age in source.unchanged_s(1000.0)] == [(H100_0, 0.0), (H100_1, 0.0)]
+    clock.t = 1090.0  # three collect intervals: still within the limit
+    assert await source.read() == []
+    clock.t = 1091.0  # the exporter froze (its DCGM watch died): every value held for over 90 s
+    with pytest.raises(EnergyReadError) as failed:
+        await source.read()
+    assert failed.value.reason == "stale"
+    assert "no energy value changed for 91s" in str(failed.value)
+    assert [age for _, age in source.unchanged_s(1091.0)] == [91.0, 91.0]
+    exporter.gpus[0].energy_mj += 5
+    exporter.collect()
+    clock.t = 1092.0
+    [sample] = await source.read()  # one GPU moved again: fresh
+    assert sample.gpu.uuid == H100_0
+    assert [age for _, age in source.unchanged_s(1092.0)] == [0.0, 92.0]
+    await source.close()
