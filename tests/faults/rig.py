@@ -40,6 +40,8 @@ def parse(text: str) -> dict[Series, float]:
 class Watcher:
     """What a Prometheus scraping the daemon all along would have noticed."""
 
+    forget_missing: bool = False
+    """Forget a series that is absent from a page (a server removed by a reload, later added back)."""
     scrapes: int = 0
     decreased: list[str] = field(default_factory=list)
     negative: list[str] = field(default_factory=list)
@@ -47,6 +49,8 @@ class Watcher:
 
     def check(self, found: dict[Series, float]) -> None:
         self.scrapes += 1
+        if self.forget_missing:
+            self._last = {k: v for k, v in self._last.items() if k in found}
         for key, value in found.items():
             name = key[0]
             if name.endswith("_total") and value < self._last.get(key, value):
