@@ -12,10 +12,15 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
 from exporter.app import EXIT_CRASHING
+from exporter.config import EnergyConfig, ServerConfig
+from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
+from exporter.pollers import EnergyPoller, TargetPoller
+from tests.faults.parts import FaultySource, FaultyTarget
 from tests.faults.rig import INTERVAL_S, Rig, Series, running, value
 
 
@@ -195,3 +200,21 @@ async def _is(reading: Awaitable[float | None], expected: float) -> bool:
 
 def read_errors(found: dict[Series, float], reason: str) -> float:
     return value(found, "tokenwatt_energy_read_errors_total", source="simulated", reason=reason) or 0.0
+
+
+async def test_the_scrape_duration_is_the_scrape_alone_and_the_energy_reads_have_their_own() -> None:
+    target = FaultyTarget()
+    url = await target.start()
+    source = FaultySource(SimulatedSource(SimulatedFleet(1, LoadSchedule(DEFAULT_PHASES, time.time()))), 0.03)
+    source.mode = "slow"  # every read takes at least 30 ms
+    energy = EnergyPoller(source, EnergyConfig(timeout="1s"), lambda _: None, lambda: None)
+    server = ServerConfig(name="a", url=url, kind="vllm")
+    try:
+        async with aiohttp.ClientSession() as session:
+            poller = TargetPoller(server, session, energy, lambda _: None)
+            await poller.poll_once()
+    finally:
+        await target.stop()
+    assert poller.up and poller.energy_read_duration_s is not None and poller.scrape_duration_s is not None
+    assert poller.energy_read_duration_s >= 0.06  # the reads before and after the scrape
+    assert poller.scrape_duration_s < 0.06  # a page on loopback, without those reads (a wide margin)
