@@ -25,7 +25,9 @@ from tests.faults.rig import INTERVAL_S, Rig, Series, running, value
 
 
 def assert_cadence(rig: Rig, since: float, *targets: int) -> None:
-    for cadence in rig.cadences(since, time.monotonic(), *targets):
+    cadences = rig.cadences(since, time.monotonic(), *targets)
+    print("cadence of the servers not at fault:", ", ".join(f"{c * 1000:.1f} ms" for c in cadences))
+    for cadence in cadences:
         assert cadence == pytest.approx(INTERVAL_S, rel=0.10)
 
 
