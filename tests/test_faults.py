@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.app import EXIT_CRASHING
-from exporter.config import EnergyConfig, ServerConfig
+from exporter.app import EXIT_CRASHING, Daemon
+from exporter.config import EnergyConfig, ServerConfig, validate_config
+from exporter.energy.dcgm_exporter import DcgmExporterSource
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
 from exporter.pollers import EnergyPoller, TargetPoller
+from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 from tests.faults.parts import FaultySource, FaultyTarget
-from tests.faults.rig import INTERVAL_S, Rig, Series, running, value
+from tests.faults.rig import INTERVAL_S, Rig, Series, parse, running, value
 
 
 def assert_cadence(rig: Rig, since: float, *targets: int) -> None:
@@ -220,3 +222,69 @@ async def test_the_scrape_duration_is_the_scrape_alone_and_the_energy_reads_have
     assert poller.up and poller.energy_read_duration_s is not None and poller.scrape_duration_s is not None
     assert poller.energy_read_duration_s >= 0.06  # the reads before and after the scrape
     assert poller.scrape_duration_s < 0.06  # a page on loopback, without those reads (a wide margin)
+
+
+async def test_a_dcgm_exporter_that_serves_garbage_or_freezes_is_down_not_up_with_old_values() -> None:
+    gpu = ExporterGpu(0, "GPU-1d6b2a3e-7c1f-4a0b-9e55-3f0c1b2a4d01", energy_mj=1_000_000)
+    exporter = FakeDcgmExporter([gpu])
+    runner, url = await exporter.start()
+    energy = {"source": "dcgm_exporter", "interval": "100ms",
+              "dcgm_exporter": {"url": url, "collect_interval": "300ms"}}  # fmt: skip
+    config = validate_config({"listen": "127.0.0.1:0", "energy": energy})
+    daemon = Daemon(config, DcgmExporterSource.open(config.energy.dcgm_exporter))
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(daemon.run(stop, listening.set_result))
+
+    async def collecting() -> None:
+        while True:
+            gpu.energy_mj += 70_000
+            exporter.collect()
+            await asyncio.sleep(0.3)
+
+    collector = asyncio.create_task(collecting())
+    try:
+        base = (await asyncio.wait_for(listening, 5)).removesuffix("/metrics")
+        async with aiohttp.ClientSession() as session:
+
+            async def scrape() -> tuple[dict[Series, float], int, str]:
+                async with session.get(base + "/metrics") as m, session.get(base + "/readyz") as r:
+                    return parse(await m.text()), r.status, await r.text()
+
+            async def source_is(up: float) -> bool:
+                found, _, _ = await scrape()
+                return value(found, "tokenwatt_energy_source_up", source="dcgm_exporter") == up
+
+            await _until(lambda: source_is(1.0))
+            exporter._page = 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu="0",UUID="GPU-x"} lots\n'
+            started = time.monotonic()
+            await _until(lambda: source_is(0.0))
+            garbage_s = time.monotonic() - started
+            garbage, garbage_status, garbage_body = await scrape()
+            exporter.collect()
+            await _until(lambda: source_is(1.0))
+            collector.cancel()  # the exporter keeps serving its last values: frozen
+            started = time.monotonic()
+            await _until(lambda: source_is(0.0))
+            frozen_s = time.monotonic() - started
+            frozen, frozen_status, frozen_body = await scrape()
+    finally:
+        collector.cancel()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await runner.cleanup()
+    labels = {"source": "dcgm_exporter"}
+    assert (value(garbage, "tokenwatt_energy_read_errors_total", reason="parse", **labels) or 0) >= 1
+    assert garbage_status == 503 and "is down (parse: " in garbage_body
+    assert (value(frozen, "tokenwatt_energy_read_errors_total", reason="stale", **labels) or 0) >= 1
+    assert frozen_status == 503 and "is down (stale: " in frozen_body
+    unchanged = value(frozen, "tokenwatt_energy_source_gpu_unchanged_seconds", gpu="0", uuid=gpu.uuid,
+                      gpu_model=gpu.model, **labels)  # fmt: skip
+    assert unchanged is not None and unchanged > 0.9  # three collect intervals
+    print(f"dcgm-exporter garbage: source_up 0 after {garbage_s:.2f}s; frozen: after {frozen_s:.2f}s")
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.05)
