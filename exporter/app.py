@@ -35,6 +35,7 @@ from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 log = structlog.get_logger("tokenwatt")
 
 EXIT_CRASHING = 1
+CLOSE_TIMEOUT_S = 0.5
 RELOADABLE = frozenset({"servers", "web_config_file"})
 """Top-level keys a reload applies; a change to any other key needs a restart."""
 
@@ -170,12 +171,20 @@ class Daemon:
                 stopped.cancel()
                 await self.supervisor.stop_all()
                 await runner.cleanup()
-                await self.source.close()
+                await self._close_source()
         if self.supervisor.give_up_reason is not None:
             log.error("stopped: a poller keeps crashing", reason=self.supervisor.give_up_reason)
             return EXIT_CRASHING
         log.info("stopped")
         return 0
+
+    async def _close_source(self) -> None:
+        """Release the source within `CLOSE_TIMEOUT_S`: a hung library must not keep the process up."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.source.close()
+        except TimeoutError:
+            log.error("energy source did not close in time: leaving it", source=self.source.name)
 
     async def _start_http(self) -> web.AppRunner:
         """Serve /metrics and the health endpoints on `config.listen`; sets `self.url`."""

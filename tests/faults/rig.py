@@ -70,6 +70,7 @@ class Rig:
     watcher: Watcher
     task: asyncio.Task[int]
     """`Daemon.run`: its result is the exit code."""
+    stop: asyncio.Event
 
     async def metrics(self) -> dict[Series, float]:
         async with self.session.get(self.base + "/metrics") as resp:
@@ -126,7 +127,7 @@ async def running(targets: int = 3, crash_exit_s: float = 120.0) -> AsyncIterato
     watcher = Watcher()
     async with aiohttp.ClientSession() as session:
         base = (await asyncio.wait_for(listening, 5)).removesuffix("/metrics")
-        rig = Rig(daemon, source, servers, base, session, watcher, task)
+        rig = Rig(daemon, source, servers, base, session, watcher, task, stop)
 
         async def watch() -> None:
             while not task.done():
