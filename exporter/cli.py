@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the exporter daemon from a config file")
     run.add_argument("--config", required=True, type=Path, metavar="FILE", help="YAML config file")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow reloading the config with POST /-/reload (SIGHUP always reloads)",
+    )
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run on simulated GPUs and a simulated vLLM server (no GPU needed)")
@@ -129,8 +135,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for problem in e.problems:  # one line per source tried: "nvml: <what is missing, how to fix>"
                 print(f"tokenwatt: energy source {problem}", file=sys.stderr)
             return EXIT_USAGE
-        await serve_until_signalled(Daemon(config, source, web=web).run)
-        return 0
+        daemon = Daemon(
+            config, source, web=web, config_path=args.config, enable_lifecycle=args.enable_lifecycle
+        )
+        return await serve_until_signalled(daemon.run, daemon.reload)
 
     return asyncio.run(run())
 

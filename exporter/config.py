@@ -136,6 +136,8 @@ EnergySourceName = Literal["auto", "dcgm", "nvml", "dcgm_exporter", "amd", "simu
 class EnergyConfig(_Strict):
     source: EnergySourceName = "auto"
     interval: Duration = 1.0
+    timeout: Duration = 5.0
+    """Deadline of one read: a read that overruns it is a failed read (`reason="timeout"`)."""
     gap_limit: Duration | None = None
     """Readings further apart than this do not bracket a token instant; default five intervals."""
     dcgm: DcgmConfig = DcgmConfig()

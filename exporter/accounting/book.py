@@ -194,6 +194,17 @@ class Accountant:
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement
 
+    def add_server(self, server: str) -> None:
+        """Start accounting for a server added by a config reload."""
+        self.ledgers[server] = ServerLedger(server, self._retain_s)
+        self._pending[server] = deque()
+
+    def remove_server(self, server: str) -> None:
+        """Stop accounting for a server removed by a config reload; its attributed energy stays attributed."""
+        del self.ledgers[server], self._pending[server]
+        for key in [k for k in self._bands if k[0] == server]:
+            del self._bands[key]
+
     def add_energy(self, samples: Iterable[GpuSample]) -> list[Gpu]:
         """Record energy readings; return the GPUs whose counter was found reset."""
         reset: list[Gpu] = []

@@ -1,15 +1,15 @@
-"""The exporter's HTTP server: `/metrics`, `/healthz`, `/readyz`."""
+"""The exporter's HTTP server: `/metrics`, `/healthz`, `/readyz`, and `POST /-/reload` when enabled."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from exporter.exposition.collector import TokenwattCollector
-from exporter.exposition.web_config import basic_auth_middleware
+from exporter.exposition.web_config import Authenticator, basic_auth_middleware
 
 _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 <p>Joules per token, per model, per server, per GPU.</p>
@@ -20,13 +20,15 @@ _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 
 def make_app(
     collector: TokenwattCollector,
-    ready: Callable[[], str | None],
-    users: Mapping[str, bytes] | None = None,
+    not_ready: Callable[[], list[str]],
+    auth: Authenticator,
+    reload: Callable[[], Awaitable[str | None]] | None = None,
 ) -> web.Application:
     """An aiohttp application serving the collector.
 
-    `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
-    `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth.
+    `not_ready` lists what keeps the exporter from being ready (empty when ready). `auth` guards
+    the protected paths when it has users. `reload`, when given, enables `POST /-/reload`: it
+    reloads the config and returns None, or the reason the new config was not applied.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
@@ -38,14 +40,25 @@ def make_app(
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        waiting = ready()
-        if waiting is None:
+        problems = not_ready()
+        if not problems:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: {waiting}\n")
+        return web.Response(status=503, text="not ready:\n" + "".join(f"- {p}\n" for p in problems))
 
-    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
+    async def reload_config(_: web.Request) -> web.Response:
+        if reload is None:
+            return web.Response(
+                status=403, text="reloading over HTTP is off: start with --web.enable-lifecycle\n"
+            )
+        failed = await reload()
+        if failed is None:
+            return web.Response(text="reloaded\n")
+        return web.Response(status=500, text=f"reload failed, the running config is kept: {failed}\n")
+
+    app = web.Application(middlewares=[basic_auth_middleware(auth)])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload_config)
     return app

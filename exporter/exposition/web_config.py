@@ -12,16 +12,20 @@ node_exporter and friends), so operators reuse what they already have:
     basic_auth_users:
       prometheus: $2y$10$...             # bcrypt hash
 
-Relative paths are resolved against the file's own folder. Basic auth guards `/metrics`; the
-health endpoints stay open for kubelet probes, which carry no credentials.
+Relative paths are resolved against the file's own folder. Basic auth guards `/metrics` and
+`/-/reload`; the health endpoints stay open for kubelet probes, which carry no credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
+import hashlib
 import ssl
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +44,7 @@ _CLIENT_AUTH = {
 }
 _TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
-PROTECTED_PATHS = frozenset({"/metrics"})
+PROTECTED_PATHS = frozenset({"/metrics", "/-/reload"})
 
 
 class WebConfigError(Exception):
@@ -127,22 +131,93 @@ def _users(path: Path, users: Any) -> dict[str, bytes]:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+CACHE_SIZE = 64
+"""Successful checks remembered (exporter-toolkit keeps a cache of this kind too)."""
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 60.0
+"""A client with `MAX_FAILURES` failed checks within this window is refused without a check."""
+MAX_CLIENTS = 4096
+"""Clients whose failures are remembered; the oldest are forgotten first."""
 
-def basic_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
-    """Require one of `users` on the protected paths.
 
-    bcrypt is slow on purpose; a credential that checked out once is remembered (as its exact
-    header value), so a scrape every few seconds costs one comparison, not one bcrypt round.
+class Authenticator:
+    """Basic-auth checks for `PROTECTED_PATHS`, off the event loop.
+
+    bcrypt is slow on purpose (tens of milliseconds a check), so each check runs in a worker
+    thread, never on the event loop. A credential that checked out is remembered in a small cache
+    keyed by a SHA-256 of the user, the password and the stored hash (never the password itself), so a
+    scrape every few seconds costs one hash, not one bcrypt round; a changed hash (a reloaded web
+    config) misses the cache. Failed checks are counted per client address: a client with
+    `MAX_FAILURES` failures within `FAILURE_WINDOW_S` is answered 429 without a check until the
+    window has passed, so guessing passwords neither stalls the exporter nor goes fast.
     """
-    verified: set[str] = set()
+
+    def __init__(self, users: Mapping[str, bytes], clock: Callable[[], float] = time.monotonic) -> None:
+        self.users = users
+        """User name -> bcrypt hash; empty means no authentication. Replaced on a reload."""
+        self._clock = clock
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.refused = 0
+        """Requests refused because their client had too many failures."""
+
+    def limited(self, client: str) -> bool:
+        seen = self._failures.get(client)
+        if seen is None:
+            return False
+        since, count = seen
+        if self._clock() - since > FAILURE_WINDOW_S:
+            del self._failures[client]
+            return False
+        return count >= MAX_FAILURES
+
+    async def check(self, header: str, client: str) -> bool:
+        credentials = _credentials(header)
+        if credentials is None:
+            self._failed(client)
+            return False
+        user, password = credentials
+        hashed = self.users.get(user)
+        key = hashlib.sha256(b"\0".join((user.encode(), password, hashed or b""))).digest()
+        if hashed is not None and key in self._verified:
+            self._verified.move_to_end(key)
+            return True
+        # An unknown user costs a bcrypt round too, so user names cannot be probed by timing.
+        ok = await asyncio.to_thread(bcrypt.checkpw, password, hashed or _dummy_hash())
+        if ok and hashed is not None:
+            self._verified[key] = None
+            if len(self._verified) > CACHE_SIZE:
+                self._verified.popitem(last=False)
+            return True
+        self._failed(client)
+        return False
+
+    def _failed(self, client: str) -> None:
+        now = self._clock()
+        since, count = self._failures.pop(client, (now, 0))
+        if now - since > FAILURE_WINDOW_S:
+            since, count = now, 0
+        self._failures[client] = (since, count + 1)
+        if len(self._failures) > MAX_CLIENTS:
+            self._failures.popitem(last=False)
+
+
+def basic_auth_middleware(auth: Authenticator) -> Middleware:
+    """Require one of `auth.users`, when there are any, on the protected paths."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PROTECTED_PATHS:
+        if request.path not in PROTECTED_PATHS or not auth.users:
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        if header in verified or _check(header, users):
-            verified.add(header)
+        client = request.remote or ""
+        if auth.limited(client):
+            auth.refused += 1
+            return web.Response(
+                status=429,
+                text="too many failed logins: try again later\n",
+                headers={"Retry-After": str(int(FAILURE_WINDOW_S))},
+            )
+        if await auth.check(request.headers.get("Authorization", ""), client):
             return await handler(request)
         return web.Response(
             status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="tokenwatt"'}
@@ -151,20 +226,15 @@ def basic_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
     return middleware
 
 
-def _check(header: str, users: Mapping[str, bytes]) -> bool:
+def _credentials(header: str) -> tuple[str, bytes] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
-        return False
+        return None
     try:
         user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        return False
-    hashed = users.get(user)
-    if hashed is None:
-        # Spend the same time as for a known user, so user names cannot be probed by timing.
-        bcrypt.checkpw(password.encode(), _dummy_hash())
-        return False
-    return bcrypt.checkpw(password.encode(), hashed)
+        return None
+    return user, password.encode()
 
 
 @functools.cache
