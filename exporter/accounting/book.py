@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from exporter.accounting.attribution import Claim, GpuLedger
 from exporter.accounting.bands import LoadBands
 from exporter.accounting.energy import EnergyTrack
+from exporter.accounting.gate import Gate, Rejections
 from exporter.accounting.ledger import Interval, ServerLedger
 from exporter.accounting.split import BLOCK_S as DEFAULT_SPLIT_BLOCK_S
 from exporter.accounting.split import EnergySplit, fit_energy_split
@@ -144,6 +145,7 @@ class Snapshot:
     servers: tuple[ServerFigures, ...]
     tariff: Tariff = field(default_factory=Tariff)
     band_labels: tuple[str, ...] = ()
+    rejections: Rejections = field(default_factory=Rejections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class Accountant:
         self.ledgers = {s: ServerLedger(s, self._retain_s) for s in servers}
         self._pending: dict[str, deque[_Scrape]] = {s: deque() for s in servers}
         self._bands: dict[tuple[str, str | None, str], _BandTotals] = defaultdict(_BandTotals)
+        self.gate = Gate()
 
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement
@@ -197,20 +200,28 @@ class Accountant:
     def add_energy(self, samples: Iterable[GpuSample]) -> list[Gpu]:
         """Record energy readings; return the GPUs whose counter was found reset."""
         reset: list[Gpu] = []
-        for s in samples:
+        for s in self.gate.energy(samples):
             track = self.tracks.get(s.gpu.uuid)
             if track is None:
                 track = self.tracks[s.gpu.uuid] = EnergyTrack(s.gpu)
                 self.gpu_ledgers[s.gpu.uuid] = GpuLedger(track)
+            jumps = track.counter.jumps
             if track.add(s):
                 reset.append(s.gpu)
+            if track.counter.jumps != jumps:
+                self.gate.note("gpu", s.gpu.uuid, "implausible_increase", s.energy_j)
         return reset
 
     def add_tokens(self, samples: Sequence[TokenSample]) -> None:
-        """Queue one scrape of one server (samples share their server and instant)."""
+        """Queue one scrape of one server (samples share their server and instant).
+
+        A scrape with a value the gate rejects is dropped whole: a gap in the server's counters.
+        """
         if not samples:
             return
         server, t = samples[0].server, samples[0].t
+        if not self.gate.tokens(server, (s.tokens for s in samples)):
+            return
         self._pending[server].append(_Scrape(t, tuple(s.tokens for s in samples)))
 
     def settle(self, now: float) -> list[Interval]:
@@ -231,7 +242,10 @@ class Accountant:
                 claims: list[tuple[str, Claim]] = []
                 if ready and ledger.last_t is not None:
                     energy_j, claims = self._measure(server, uuids, ledger.last_t, scrape.t)
+                jumps = ledger.jumps
                 interval = ledger.record(scrape.t, scrape.models, energy_j)
+                if ledger.jumps != jumps:
+                    self.gate.note("server", server, "implausible_increase", scrape.t)
                 if interval is None:
                     continue
                 if interval.energy_j is not None:
@@ -300,7 +314,7 @@ class Accountant:
             for uuid, track in sorted(self.tracks.items(), key=lambda kv: kv[1].gpu.index)
         )
         servers = tuple(self._server_figures(ledger, now) for ledger in self.ledgers.values())
-        return Snapshot(gpus, servers, self.tariff, self.load_bands.labels)
+        return Snapshot(gpus, servers, self.tariff, self.load_bands.labels, self.gate.rejections())
 
     def _server_figures(self, ledger: ServerLedger, now: float) -> ServerFigures:
         per_window = [_window_sums(ledger.intervals, now, w, self.load_bands) for w in self.windows_s]
@@ -398,5 +412,10 @@ def _empty(window_s: float) -> WindowFigures:
     return WindowFigures(window_s, 0.0, 0.0, 0.0, 0.0)
 
 
+MIN_RATIO_TOKENS = 1.0
+"""A per-token ratio needs at least one whole token in its window: counters that creep up by
+fractions of a token would otherwise divide real energy by almost nothing."""
+
+
 def _per_token(energy_j: float, tokens: float) -> float | None:
-    return energy_j / tokens if tokens > 0 else None
+    return energy_j / tokens if tokens >= MIN_RATIO_TOKENS else None

@@ -83,6 +83,7 @@ class TokenwattCollector(Collector):
         yield from self._server_metrics(snap)
         yield from self._accounting_metrics(snap)
         yield from self._health_metrics(health)
+        yield from self._rejection_metrics(snap)
 
     def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         labels = ["gpu", "uuid", "gpu_model"]
@@ -375,3 +376,20 @@ class TokenwattCollector(Collector):
         build.add_metric([health.version], 1.0)
         yield from (up, scrape_s, last_scrape, scrape_errors, gpu_info)
         yield from (source_up, read_s, read_errors, refresh, build)
+
+    def _rejection_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        energy = CounterMetricFamily(
+            "tokenwatt_energy_rejected_readings",
+            "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
+            labels=["reason"],
+        )
+        for reason, count in snap.rejections.energy:
+            energy.add_metric([reason], count)
+        scrapes = CounterMetricFamily(
+            "tokenwatt_target_rejected_scrapes",
+            "Scrapes whose values the validation gate rejected (a gap, never a value), by reason.",
+            labels=["server", "reason"],
+        )
+        for server, reason, count in snap.rejections.scrapes:
+            scrapes.add_metric([server, reason], count)
+        yield from (energy, scrapes)
