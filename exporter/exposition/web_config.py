@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
+from exporter.config import show
+from exporter.safe_yaml import YamlInputError, load_yaml_file
 
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -41,6 +44,7 @@ _CLIENT_AUTH = {
 _TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 PROTECTED_PATHS = frozenset({"/metrics"})
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
 class WebConfigError(Exception):
@@ -56,17 +60,16 @@ class WebConfig:
 
 def load_web_config(path: Path) -> WebConfig:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise WebConfigError(f"{path}: cannot read the file: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise WebConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+        data = load_yaml_file(path) or {}
+    except YamlInputError as e:
+        raise WebConfigError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         raise WebConfigError(f"{path}: the top level must be a mapping")
     unknown = set(data) - {"tls_server_config", "basic_auth_users"}
     if unknown:
         raise WebConfigError(
-            f"{path}: unknown key {sorted(unknown)[0]!r}; allowed: tls_server_config, basic_auth_users"
+            f"{path}: unknown key {show(sorted(map(str, unknown))[0])}; "
+            "allowed: tls_server_config, basic_auth_users"
         )
     tls = data.get("tls_server_config")
     return WebConfig(
@@ -82,7 +85,8 @@ def _ssl_context(path: Path, tls: Any) -> ssl.SSLContext:
     unknown = set(tls) - _TLS_KEYS
     if unknown:
         raise WebConfigError(
-            f"{where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(_TLS_KEYS))}"
+            f"{where}.{show(sorted(map(str, unknown))[0])}: unknown key; "
+            f"allowed: {', '.join(sorted(_TLS_KEYS))}"
         )
     for key in ("cert_file", "key_file"):
         if not isinstance(tls.get(key), str):
@@ -90,11 +94,11 @@ def _ssl_context(path: Path, tls: Any) -> ssl.SSLContext:
     auth = tls.get("client_auth_type", "NoClientCert")
     if auth not in _CLIENT_AUTH:
         raise WebConfigError(
-            f"{where}.client_auth_type: {auth!r} is not allowed; use one of {', '.join(_CLIENT_AUTH)}"
+            f"{where}.client_auth_type: {show(auth)} is not allowed; use one of {', '.join(_CLIENT_AUTH)}"
         )
     version = tls.get("min_version", "TLS12")
     if version not in _TLS_VERSIONS:
-        raise WebConfigError(f"{where}.min_version: {version!r} is not allowed; use TLS12 or TLS13")
+        raise WebConfigError(f"{where}.min_version: {show(version)} is not allowed; use TLS12 or TLS13")
     base = path.parent
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _TLS_VERSIONS[version]
@@ -110,7 +114,7 @@ def _ssl_context(path: Path, tls: Any) -> ssl.SSLContext:
         try:
             context.load_verify_locations(base / ca)
         except (OSError, ssl.SSLError) as e:
-            raise WebConfigError(f"{where}.client_ca_file: cannot load {ca!r}: {e}") from None
+            raise WebConfigError(f"{where}.client_ca_file: cannot load {show(ca)}: {e}") from None
     return context
 
 
@@ -119,8 +123,12 @@ def _users(path: Path, users: Any) -> dict[str, bytes]:
         raise WebConfigError(f"{path}: basic_auth_users must map user names to bcrypt hashes")
     out: dict[str, bytes] = {}
     for name, hashed in users.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            raise WebConfigError(f"{path}: basic_auth_users.{name}: expected a bcrypt hash ($2y$...)")
+        if not isinstance(hashed, str) or not _BCRYPT.fullmatch(hashed):
+            raise WebConfigError(
+                f"{path}: basic_auth_users.{show(str(name))[1:-1]}: expected a bcrypt hash, whole: "
+                "$2a$, $2b$ or $2y$, a cost from 04 to 31, $ and 53 characters of ./A-Za-z0-9 "
+                "(htpasswd -nbBC 10 USER PASS)"
+            )
         out[str(name)] = hashed.encode()
     return out
 
