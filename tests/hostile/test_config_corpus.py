@@ -105,7 +105,10 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda t: _text(t, "servers: [{name: a, url: 'http://127.0.0.1:99999/metrics'}]\n"),
         "servers[0].url",
     ),
-    "URL without a host": (lambda t: _text(t, "servers: [{name: a, url: 'http://:80/'}]\n"), "servers[0].url"),
+    "URL without a host": (
+        lambda t: _text(t, "servers: [{name: a, url: 'http://:80/'}]\n"),
+        "servers[0].url",
+    ),
     "URL with a space": (
         lambda t: _text(t, "servers: [{name: a, url: 'http://exa mple/metrics'}]\n"),
         "servers[0].url",
