@@ -20,6 +20,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.cardinality import ModelLimit
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ServerConfig
 from exporter.energy import EnergyReadError, EnergySource, RefreshObserving
@@ -92,6 +93,7 @@ class Daemon:
             split_window_s=config.energy_split.window,
             split_block_s=config.energy_split.block,
             tariff=tariff_of(config),
+            model_limits={s.name: ModelLimit(s.max_models, s.model_expiry) for s in config.servers},
         )
         self._source_state = _SourceState(source.name)
         self._targets = {s.name: _TargetState(s.name) for s in config.servers}
@@ -250,12 +252,14 @@ class Daemon:
 
     def _settle(self) -> None:
         self.accountant.settle(self._clock())
+        resets_now: dict[tuple[str, str | None], int] = {}  # rebuilt: expired models leave it
         for ledger in self.accountant.ledgers.values():
             for model, m in ledger.models.items():
                 resets = m.input.resets + m.output.resets + m.requests.resets
                 if resets > self._resets.get((ledger.name, model), 0):
                     log.warning("token counter reset", server=ledger.name, model=model)
-                self._resets[(ledger.name, model)] = resets
+                resets_now[(ledger.name, model)] = resets
+        self._resets = resets_now
 
 
 async def _sleep_until(deadline: float) -> None:

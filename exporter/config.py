@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
 from exporter.logs import clean
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
@@ -301,6 +302,10 @@ class ServerConfig(_Strict):
     max_page_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     generic: GenericConfig | None = None
     """The families to read; required by `kind: generic` and only allowed with it."""
+    max_models: int = Field(DEFAULT_MAX_MODELS, ge=1, le=10_000)
+    """Models of this server taken into the accounting; more are dropped (and counted)."""
+    model_expiry: Duration = DEFAULT_MODEL_EXPIRY_S
+    """A model not on the page for this long leaves the accounting and `/metrics`."""
 
     @model_validator(mode="after")
     def _check_generic(self) -> ServerConfig:

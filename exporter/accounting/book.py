@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from exporter.accounting.attribution import Claim, GpuLedger
 from exporter.accounting.bands import LoadBands
+from exporter.accounting.cardinality import ModelCap, ModelLimit
 from exporter.accounting.energy import EnergyTrack
 from exporter.accounting.gate import Gate, Rejections
 from exporter.accounting.ledger import Interval, ServerLedger
@@ -146,6 +147,8 @@ class Snapshot:
     tariff: Tariff = field(default_factory=Tariff)
     band_labels: tuple[str, ...] = ()
     rejections: Rejections = field(default_factory=Rejections)
+    dropped_models: tuple[tuple[str, int], ...] = ()
+    """(server, models left out by its `max_models` cap so far, one per model per scrape)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,7 @@ class Accountant:
         split_block_s: float = DEFAULT_SPLIT_BLOCK_S,
         tariff: Tariff | None = None,
         hold_s: float = DEFAULT_HOLD_S,
+        model_limits: dict[str, ModelLimit] | None = None,
     ) -> None:
         self.windows_s = tuple(windows_s)
         self.gap_limit_s = gap_limit_s
@@ -193,6 +197,7 @@ class Accountant:
         self._pending: dict[str, deque[_Scrape]] = {s: deque() for s in servers}
         self._bands: dict[tuple[str, str | None, str], _BandTotals] = defaultdict(_BandTotals)
         self.gate = Gate()
+        self.model_cap = ModelCap(servers, model_limits)
 
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement
@@ -222,7 +227,7 @@ class Accountant:
         server, t = samples[0].server, samples[0].t
         if not self.gate.tokens(server, (s.tokens for s in samples)):
             return
-        self._pending[server].append(_Scrape(t, tuple(s.tokens for s in samples)))
+        self._pending[server].append(_Scrape(t, self.model_cap.admit(server, t, (s.tokens for s in samples))))
 
     def settle(self, now: float) -> list[Interval]:
         """Apply every queued scrape whose energy is known, or whose wait exceeded the gap limit."""
@@ -254,6 +259,10 @@ class Accountant:
                     self._count_bands(server, interval)
                 closed.append(interval)
         self._settle_gpus(now)
+        for server, model in self.model_cap.expire(now):
+            self.ledgers[server].models.pop(model, None)
+            for key in [k for k in self._bands if k[:2] == (server, model)]:
+                del self._bands[key]
         return closed
 
     def _measure(
@@ -314,7 +323,14 @@ class Accountant:
             for uuid, track in sorted(self.tracks.items(), key=lambda kv: kv[1].gpu.index)
         )
         servers = tuple(self._server_figures(ledger, now) for ledger in self.ledgers.values())
-        return Snapshot(gpus, servers, self.tariff, self.load_bands.labels, self.gate.rejections())
+        return Snapshot(
+            gpus,
+            servers,
+            self.tariff,
+            self.load_bands.labels,
+            self.gate.rejections(),
+            self.model_cap.dropped(),
+        )
 
     def _server_figures(self, ledger: ServerLedger, now: float) -> ServerFigures:
         per_window = [_window_sums(ledger.intervals, now, w, self.load_bands) for w in self.windows_s]

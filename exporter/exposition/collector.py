@@ -392,4 +392,11 @@ class TokenwattCollector(Collector):
         )
         for server, reason, count in snap.rejections.scrapes:
             scrapes.add_metric([server, reason], count)
-        yield from (energy, scrapes)
+        dropped = CounterMetricFamily(
+            "tokenwatt_server_dropped_models",
+            "Models left out of the accounting by the server's max_models cap (one per model per scrape).",
+            labels=["server"],
+        )
+        for server, count in snap.dropped_models:
+            dropped.add_metric([server], count)
+        yield from (energy, scrapes, dropped)
