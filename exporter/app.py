@@ -25,6 +25,7 @@ from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ServerConfig
 from exporter.energy import EnergyReadError, EnergySource, RefreshObserving
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth, TokenwattCollector
+from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import WebConfig
 from exporter.model import Gpu
@@ -140,16 +141,22 @@ class Daemon:
     async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> None:
         """Run until `stop` is set, then shut down: HTTP server, loops, sessions, source."""
         app = make_app(self.collector, self.not_ready, self.web.users if self.web else None)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")
         tls = self.web.ssl_context if self.web else None
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=tls)
+        site = GuardedSite(runner, host.strip("[]"), int(port), ssl_context=tls)
         await site.start()
         bound_port = runner.addresses[0][1] if runner.addresses else int(port)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/metrics"
-        log.info("listening", url=self.url, energy_source=self.source.name, servers=len(self.config.servers))
+        log.info(
+            "listening",
+            addresses=bound_addresses(runner.addresses),
+            url=self.url,
+            energy_source=self.source.name,
+            servers=len(self.config.servers),
+        )
         if on_listening is not None:
             on_listening(self.url)
         async with aiohttp.ClientSession(auto_decompress=True) as session:
