@@ -75,10 +75,10 @@ class TokenwattCollector(Collector):
     """Yields every tokenwatt metric from a snapshot taken when Prometheus scrapes."""
 
     def __init__(self, snapshot: Callable[[], tuple[Snapshot, Health]]) -> None:
-        self._snapshot = snapshot
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snap, health = self._snapshot()
+        snap, health = self.snapshot()
         yield from self._gpu_metrics(snap)
         yield from self._server_metrics(snap)
         yield from self._accounting_metrics(snap)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.exposition.collector import TokenwattCollector
-from exporter.exposition.web_config import basic_auth_middleware
+from exporter.exposition.render import SharedRender
+from exporter.exposition.web_config import AUTHENTICATED, basic_auth_middleware
 
 _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 <p>Joules per token, per model, per server, per GPU.</p>
@@ -26,10 +26,16 @@ def make_app(
     """An aiohttp application serving the collector.
 
     `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
-    `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth.
+    `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth, and `/readyz`
+    says what it waits for only to a client that sent valid credentials.
     """
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    render = SharedRender(collector.snapshot)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
 
     async def index(_: web.Request) -> web.Response:
         return web.Response(text=_INDEX, content_type="text/html")
@@ -37,15 +43,17 @@ def make_app(
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def readyz(_: web.Request) -> web.Response:
+    async def readyz(request: web.Request) -> web.Response:
         waiting = ready()
         if waiting is None:
             return web.Response(text="ready\n")
+        if users and not request.get(AUTHENTICATED):  # what it waits for names servers: not for anyone
+            return web.Response(status=503, text="not ready\n")
         return web.Response(status=503, text=f"not ready: {waiting}\n")
 
     app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
     app.router.add_get("/", index)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -44,6 +44,9 @@ _CLIENT_AUTH = {
 _TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 PROTECTED_PATHS = frozenset({"/metrics"})
+DETAIL_PATHS = frozenset({"/readyz"})
+"""Open to all, but with details only for a client whose credentials check out."""
+AUTHENTICATED = web.RequestKey("authenticated", bool)
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
@@ -146,11 +149,15 @@ def basic_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PROTECTED_PATHS:
-            return await handler(request)
         header = request.headers.get("Authorization", "")
+        protected = request.path in PROTECTED_PATHS
+        if not protected and not (header and request.path in DETAIL_PATHS):
+            return await handler(request)
         if header in verified or _check(header, users):
             verified.add(header)
+            request[AUTHENTICATED] = True
+            return await handler(request)
+        if not protected:
             return await handler(request)
         return web.Response(
             status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="tokenwatt"'}
