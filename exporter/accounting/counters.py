@@ -9,8 +9,8 @@ class ResetCounter:
     """Turns raw readings of a counter into increments and a total that never decreases.
 
     The first reading only sets the baseline. After that an increment is `v - last`, or `v` when
-    `v < last` (the counter restarted from zero and has counted `v` since). An increment above
-    the `limit` given with the reading is a *jump* (the validation gate's `implausible_increase`):
+    `v < last` (the counter restarted from zero and has counted `v` since). An increment that is
+    negative, NaN or above the `limit` given with the reading is a *jump* (the validation gate's `implausible_increase`):
     the counter is re-based at `v` and the increment is None, as for a baseline, so the total
     never takes in more than physics allows.
     """
@@ -33,7 +33,7 @@ class ResetCounter:
             increment = value
         else:
             increment = value - last
-        if increment > limit:
+        if not 0.0 <= increment <= limit:  # NaN fails too: only a finite, bounded rise is counted
             self.jumps += 1
             return None
         self.total += increment
