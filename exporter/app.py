@@ -140,7 +140,12 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> None:
         """Run until `stop` is set, then shut down: HTTP server, loops, sessions, source."""
-        app = make_app(self.collector, self.not_ready, self.web.users if self.web else None)
+        app = make_app(
+            self.collector,
+            self.not_ready,
+            self.web.users if self.web else None,
+            require_client_cert=bool(self.web and self.web.require_client_cert),
+        )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")

@@ -10,9 +10,9 @@ class ResetCounter:
 
     The first reading only sets the baseline. After that an increment is `v - last`, or `v` when
     `v < last` (the counter restarted from zero and has counted `v` since). An increment that is
-    negative, NaN or above the `limit` given with the reading is a *jump* (the validation gate's `implausible_increase`):
-    the counter is re-based at `v` and the increment is None, as for a baseline, so the total
-    never takes in more than physics allows.
+    negative, NaN or above the `limit` given with the reading is a *jump* (the validation gate's
+    `implausible_increase`): the counter is re-based at `v` and the increment is None, as for a
+    baseline, so the total never takes in more than physics allows.
     """
 
     __slots__ = ("jumps", "last", "resets", "total")

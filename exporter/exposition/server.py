@@ -9,7 +9,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.exposition.collector import TokenwattCollector
 from exporter.exposition.render import SharedRender
-from exporter.exposition.web_config import AUTHENTICATED, basic_auth_middleware
+from exporter.exposition.web_config import (
+    AUTHENTICATED,
+    basic_auth_middleware,
+    client_cert_middleware,
+)
 
 _INDEX = """<html><head><title>tokenwatt</title></head><body><h1>tokenwatt</h1>
 <p>Joules per token, per model, per server, per GPU.</p>
@@ -22,12 +26,15 @@ def make_app(
     collector: TokenwattCollector,
     ready: Callable[[], str | None],
     users: Mapping[str, bytes] | None = None,
+    *,
+    require_client_cert: bool = False,
 ) -> web.Application:
     """An aiohttp application serving the collector.
 
     `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
     `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth, and `/readyz`
-    says what it waits for only to a client that sent valid credentials.
+    says what it waits for only to a client that sent valid credentials. `require_client_cert`
+    keeps every path but `/healthz` and `/readyz` from clients without a verified certificate.
     """
     render = SharedRender(collector.snapshot)
 
@@ -51,7 +58,10 @@ def make_app(
             return web.Response(status=503, text="not ready\n")
         return web.Response(status=503, text=f"not ready: {waiting}\n")
 
-    app = web.Application(middlewares=[basic_auth_middleware(users)] if users else [])
+    middlewares = [client_cert_middleware()] if require_client_cert else []
+    if users:
+        middlewares.append(basic_auth_middleware(users))
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

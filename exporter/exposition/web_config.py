@@ -44,6 +44,8 @@ _CLIENT_AUTH = {
 _TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 PROTECTED_PATHS = frozenset({"/metrics"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+_REQUIRE = "RequireAndVerifyClientCert"
 DETAIL_PATHS = frozenset({"/readyz"})
 """Open to all, but with details only for a client whose credentials check out."""
 AUTHENTICATED = web.RequestKey("authenticated", bool)
@@ -59,6 +61,8 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None
     users: Mapping[str, bytes]
     """User name -> bcrypt hash."""
+    require_client_cert: bool = False
+    """`RequireAndVerifyClientCert`: every path but the probes' needs a verified client certificate."""
 
 
 def load_web_config(path: Path) -> WebConfig:
@@ -78,6 +82,7 @@ def load_web_config(path: Path) -> WebConfig:
     return WebConfig(
         ssl_context=_ssl_context(path, tls) if tls is not None else None,
         users=_users(path, data.get("basic_auth_users") or {}),
+        require_client_cert=isinstance(tls, dict) and tls.get("client_auth_type") == _REQUIRE,
     )
 
 
@@ -109,7 +114,9 @@ def _ssl_context(path: Path, tls: Any) -> ssl.SSLContext:
         context.load_cert_chain(base / tls["cert_file"], base / tls["key_file"])
     except (OSError, ssl.SSLError) as e:
         raise WebConfigError(f"{where}: cannot load cert_file/key_file: {e}") from None
-    context.verify_mode = _CLIENT_AUTH[auth]
+    # Required certificates are checked per request (`client_cert_middleware`), not in the handshake,
+    # so that kubelet probes, which have none, still reach /healthz and /readyz.
+    context.verify_mode = ssl.CERT_OPTIONAL if auth == _REQUIRE else _CLIENT_AUTH[auth]
     if auth != "NoClientCert":
         ca = tls.get("client_ca_file")
         if not isinstance(ca, str):
@@ -162,6 +169,24 @@ def basic_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
         return web.Response(
             status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="tokenwatt"'}
         )
+
+    return middleware
+
+
+def client_cert_middleware() -> Middleware:
+    """Answer 403 on every path but the probes' to a client that showed no verified certificate.
+
+    With `RequireAndVerifyClientCert` the TLS handshake verifies a certificate when one is shown
+    (a bad one fails the handshake) and lets a connection without one through; this middleware then
+    keeps such a connection to `/healthz` and `/readyz`, which kubelet probes need.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        transport = request.transport
+        if request.path in PROBE_PATHS or (transport is not None and transport.get_extra_info("peercert")):
+            return await handler(request)
+        return web.Response(status=403, text="a client certificate is required\n")
 
     return middleware
 
