@@ -13,7 +13,9 @@ node_exporter and friends), so operators reuse what they already have:
       prometheus: $2y$10$...             # bcrypt hash
 
 Relative paths are resolved against the file's own folder. Basic auth guards `/metrics`; the
-health endpoints stay open for kubelet probes, which carry no credentials.
+health endpoints stay open for kubelet probes, which carry no credentials (`/readyz` says what it
+waits for only to a client with valid credentials). With `RequireAndVerifyClientCert` the
+certificate is required per request, on every path but the probes'.
 """
 
 from __future__ import annotations
