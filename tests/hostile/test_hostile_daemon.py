@@ -86,7 +86,10 @@ async def _listening(log: Path, process: subprocess.Popen[bytes]) -> str:
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             if '"listening"' in line:
-                url: str = json.loads(line)["url"]
+                event = json.loads(line)
+                url: str = event["url"]
+                # The line tells the address actually bound (port 0 asked, the real port shown).
+                assert event["addresses"] == [url.removeprefix("http://").removesuffix("/metrics")], event
                 return url
         assert process.poll() is None, log.read_text()
         await asyncio.sleep(0.1)
