@@ -10,6 +10,8 @@ The checks, with their physical bounds (docs/metrics.md, "Rejected readings"):
 
 - `non_finite`: NaN or an infinity in any value of the reading.
 - `negative`: a negative energy, power or token value (they are counters and gauges of amounts).
+- `label_too_long`: a GPU UUID or product name longer than `cardinality.MAX_LABEL_CHARS` (they
+  become label values; real ones are a few dozen characters).
 - `too_large`: a value of 2**53 or more. Above it a float no longer holds every integer, so a
   counter could not count one more token or millijoule; no real counter reaches it.
 - `implausible_increase`: a counter that rose faster than physics allows between two readings:
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from exporter.accounting.cardinality import MAX_LABEL_CHARS
 from exporter.model import GpuSample, ModelTokens
 
 log = structlog.get_logger("tokenwatt")
@@ -43,7 +46,7 @@ COUNTER_SLACK_S = 2.0
 """Counters are refreshed in steps (NVML every few tens of ms, DCGM's watches every 100 ms or
 more), so an increment may hold up to this much more time than the readings' timestamps show."""
 
-REASONS = ("non_finite", "negative", "too_large", "implausible_increase")
+REASONS = ("non_finite", "negative", "too_large", "implausible_increase", "label_too_long")
 
 
 def energy_limit_j(dt_s: float) -> float:
@@ -71,6 +74,8 @@ def value_problem(values: Iterable[float | None]) -> str | None:
 
 
 def energy_problem(sample: GpuSample) -> str | None:
+    if len(sample.gpu.uuid) > MAX_LABEL_CHARS or len(sample.gpu.model) > MAX_LABEL_CHARS:
+        return "label_too_long"
     too_much_power = sample.power_w is not None and sample.power_w > MAX_GPU_POWER_W
     return value_problem((sample.t, sample.energy_j, sample.power_w)) or (
         "too_large" if too_much_power else None

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.gate import MAX_GPU_POWER_W
-from exporter.model import GpuSample, ModelTokens, TokenSample
+from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, energy, place, scrape
 
 HOSTILE = st.sampled_from(
@@ -151,3 +151,12 @@ def test_counters_creeping_by_fractions_of_a_token_publish_no_ratio() -> None:
     window = acc.snapshot(130.0).servers[0].models[0].windows[0]
     assert window.energy_j > 0 and window.output_tokens > 0
     assert window.joules_per_token("output") is None
+
+
+def test_a_gpu_with_an_absurdly_long_name_is_rejected() -> None:
+    acc = _accountant()
+    hostile = Gpu(0, "GPU-" + "a" * 10_000, "NVIDIA H100 80GB HBM3")
+    acc.add_energy([GpuSample(hostile, 1.0, 100.0, 300.0), GpuSample(hostile, 2.0, 200.0, 300.0)])
+    snap = acc.snapshot(2.0)
+    assert snap.gpus == ()
+    assert dict(snap.rejections.energy) == {"label_too_long": 2}
