@@ -214,7 +214,7 @@ class Accountant:
             if track.add(s):
                 reset.append(s.gpu)
             if track.counter.jumps != jumps:
-                self.gate.note("gpu", s.gpu.uuid, "implausible_increase", s.energy_j)
+                self.gate.note("gpu", s.gpu.uuid, s.t, "implausible_increase", s.energy_j)
         return reset
 
     def add_tokens(self, samples: Sequence[TokenSample]) -> None:
@@ -225,7 +225,7 @@ class Accountant:
         if not samples:
             return
         server, t = samples[0].server, samples[0].t
-        if not self.gate.tokens(server, (s.tokens for s in samples)):
+        if not self.gate.tokens(server, t, (s.tokens for s in samples)):
             return
         self._pending[server].append(_Scrape(t, self.model_cap.admit(server, t, (s.tokens for s in samples))))
 
@@ -250,7 +250,7 @@ class Accountant:
                 jumps = ledger.jumps
                 interval = ledger.record(scrape.t, scrape.models, energy_j)
                 if ledger.jumps != jumps:
-                    self.gate.note("server", server, "implausible_increase", scrape.t)
+                    self.gate.note("server", server, scrape.t, "implausible_increase", scrape.t)
                 if interval is None:
                     continue
                 if interval.energy_j is not None:

@@ -46,6 +46,9 @@ COUNTER_SLACK_S = 2.0
 """Counters are refreshed in steps (NVML every few tens of ms, DCGM's watches every 100 ms or
 more), so an increment may hold up to this much more time than the readings' timestamps show."""
 
+LOG_EVERY_S = 60.0
+"""A GPU or server flipping between valid and rejected readings is logged at most this often."""
+
 REASONS = ("non_finite", "negative", "too_large", "implausible_increase", "label_too_long")
 
 
@@ -106,43 +109,51 @@ class Gate:
     def __init__(self) -> None:
         self._energy: Counter[str] = Counter()
         self._scrapes: Counter[tuple[str, str]] = Counter()
-        self._state: dict[tuple[str, str], str | None] = {}
+        self._logged: dict[tuple[str, str], tuple[str | None, float | None]] = {}
+        """(kind, name) -> (the outcome its latest log line told, and that reading's instant)."""
 
     def energy(self, samples: Iterable[GpuSample]) -> list[GpuSample]:
         """The samples that pass; each rejected one is counted and, on a change of state, logged."""
         passed = []
         for s in samples:
             reason = energy_problem(s)
-            self.note("gpu", s.gpu.uuid, reason, s.energy_j)
+            self.note("gpu", s.gpu.uuid, s.t, reason, s.energy_j)
             if reason is None:
                 passed.append(s)
         return passed
 
-    def tokens(self, server: str, tokens: Iterable[ModelTokens]) -> bool:
+    def tokens(self, server: str, t: float, tokens: Iterable[ModelTokens]) -> bool:
         """True when every model's values of one scrape pass; one bad model rejects the scrape."""
         for m in tokens:
             reason = tokens_problem(m)
             if reason is not None:
-                self.note("server", server, reason, m)
+                self.note("server", server, t, reason, m)
                 return False
-        self.note("server", server, None, None)
+        self.note("server", server, t, None, None)
         return True
 
-    def note(self, kind: str, name: str, reason: str | None, value: object) -> None:
-        """Record one reading's outcome: `reason` None when it passed."""
+    def note(self, kind: str, name: str, t: float, reason: str | None, value: object) -> None:
+        """Record the outcome of one reading taken at `t`: `reason` None when it passed.
+
+        A change of state is logged, but a GPU or server that flips between valid and rejected
+        readings gets at most one line per `LOG_EVERY_S` (the counters keep every rejection); a
+        state hidden by that limit is logged with the first reading after it.
+        """
         if reason is not None:
             if kind == "gpu":
                 self._energy[reason] += 1
             else:
                 self._scrapes[(name, reason)] += 1
         key = (kind, name)
-        before = self._state.get(key)
-        self._state[key] = reason
-        if reason == before:
+        logged, logged_t = self._logged.get(key, (None, None))
+        if reason == logged:
             return
+        if logged_t is not None and not (math.isfinite(t) and abs(t - logged_t) >= LOG_EVERY_S):
+            return  # flapping: the state is logged once the minute is over, if it still differs
+        self._logged[key] = (reason, t)
         if reason is not None:
             log.warning("reading rejected", **{kind: name}, reason=reason, value=repr(value))
-        elif before is not None:
+        else:
             log.info("readings valid again", **{kind: name})
 
     def rejections(self) -> Rejections:

@@ -11,9 +11,10 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from exporter.accounting.book import Accountant, Snapshot
-from exporter.accounting.gate import MAX_GPU_POWER_W
+from exporter.accounting.gate import LOG_EVERY_S, MAX_GPU_POWER_W
 from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, energy, place, scrape
 
@@ -160,3 +161,17 @@ def test_a_gpu_with_an_absurdly_long_name_is_rejected() -> None:
     snap = acc.snapshot(2.0)
     assert snap.gpus == ()
     assert dict(snap.rejections.energy) == {"label_too_long": 2}
+
+
+def test_a_flapping_source_is_logged_at_most_once_a_minute_and_its_last_state_told() -> None:
+    acc = _accountant()
+    with capture_logs() as logs:
+        for i in range(300):  # a reading a second, every other one NaN, for five minutes
+            energy(acc, float(i), math.nan if i % 2 else 10.0 * i)
+        for i in range(300, 400):  # then valid for good
+            energy(acc, float(i), 10.0 * i)
+    events = [(e["event"], e.get("reason")) for e in logs]
+    assert len(events) <= 400 / LOG_EVERY_S + 1
+    assert events[0] == ("reading rejected", "non_finite")
+    assert events[-1] == ("readings valid again", None)
+    assert dict(acc.snapshot(400.0).rejections.energy) == {"non_finite": 150}
