@@ -34,7 +34,8 @@ def make_app(
     `ready` returns None when the exporter is ready, or a sentence saying what it still waits for.
     `users` (name -> bcrypt hash), when given, guards `/metrics` with basic auth, and `/readyz`
     says what it waits for only to a client that sent valid credentials. `require_client_cert`
-    keeps every path but `/healthz` and `/readyz` from clients without a verified certificate.
+    keeps every path but `/healthz` and `/readyz` from clients without a verified certificate
+    (and `/readyz`'s details too).
     """
     render = SharedRender(collector.snapshot)
 
@@ -54,7 +55,8 @@ def make_app(
         waiting = ready()
         if waiting is None:
             return web.Response(text="ready\n")
-        if users and not request.get(AUTHENTICATED):  # what it waits for names servers: not for anyone
+        guarded = bool(users) or require_client_cert
+        if guarded and not request.get(AUTHENTICATED):  # what it waits for names servers: not for anyone
             return web.Response(status=503, text="not ready\n")
         return web.Response(status=503, text=f"not ready: {waiting}\n")
 

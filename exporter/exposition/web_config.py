@@ -186,7 +186,10 @@ def client_cert_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         transport = request.transport
-        if request.path in PROBE_PATHS or (transport is not None and transport.get_extra_info("peercert")):
+        if transport is not None and transport.get_extra_info("peercert"):
+            request[AUTHENTICATED] = True
+            return await handler(request)
+        if request.path in PROBE_PATHS:
             return await handler(request)
         return web.Response(status=403, text="a client certificate is required\n")
 

@@ -31,7 +31,7 @@ from tests.hostile.hostile_server import HostileServer
 RUN_S = 14.0
 RSS_GROWTH_LIMIT_MB = 40.0
 """RSS may grow this much from the first to the last poll under 1,000 new models a scrape."""
-LOG_LIMIT_BYTES = 200_000
+LOG_LIMIT_BYTES = 100_000
 SERVERS = ("good", "alternating", "huge", "creep", "churn", "junk", "nan")
 
 Series = tuple[str, frozenset[tuple[str, str]]]
