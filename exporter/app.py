@@ -204,8 +204,9 @@ class Daemon:
             if state.up is not True:
                 log.info("energy source up", source=state.name, gpus=len(samples))
             state.up = True
-            self._place({s.gpu for s in samples})
-            for gpu in self.accountant.add_energy(samples):
+            reset = self.accountant.add_energy(samples)
+            self._place({s.gpu for s in samples if s.gpu.uuid in self.accountant.tracks})  # past the gate
+            for gpu in reset:
                 log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
 
     async def _read_energy_beside_scrape(self) -> None:

@@ -70,6 +70,8 @@ class HostileServer:
     def dcgm_page(self, n: int) -> str:
         energy_mj = int(POWER_W * 1000 * (time.time() - self.started)) + 1_000_000
         page = render([ExporterGpu(g.index, g.uuid, energy_mj=energy_mj) for g in GPUS], ExporterStyle())
+        # A third GPU whose UUID is 10,000 characters long: never a label value.
+        page += render([ExporterGpu(2, "GPU-" + "f" * 10_000, energy_mj=energy_mj)], ExporterStyle())
         if n % 4 == 0:
             return page
         bad = HOSTILE_ENERGY[n % 4 - 1]

@@ -166,7 +166,8 @@ async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> Non
     rejected = {
         dict(labels)["reason"] for name, labels in last if name == "tokenwatt_energy_rejected_readings_total"
     }
-    assert {"non_finite", "negative"} <= rejected
+    assert {"non_finite", "negative", "label_too_long"} <= rejected
+    assert all(len(v) <= 128 for _, labels in last for _, v in labels), "a label value over the cap"
     for server in ("good", "alternating", "huge", "creep", "churn"):
         assert _value(last, "tokenwatt_target_up", server=server) == 1.0, server
     assert _value(last, "tokenwatt_target_up", server="nan") == 0.0
