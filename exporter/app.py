@@ -22,10 +22,12 @@ from aiohttp import web
 from exporter import __version__
 from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.cardinality import ModelLimit
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ConfigError, ServerConfig, load_config
 from exporter.energy import EnergySource, RefreshObserving
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth, TokenwattCollector
+from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
 from exporter.model import Gpu, GpuSample, TokenSample
@@ -83,6 +85,7 @@ class Daemon:
             split_window_s=config.energy_split.window,
             split_block_s=config.energy_split.block,
             tariff=tariff_of(config),
+            model_limits={s.name: ModelLimit(s.max_models, s.model_expiry) for s in config.servers},
         )
         self.supervisor = Supervisor(crash_exit_s)
         self.energy = EnergyPoller(source, config.energy, self._take_energy, self._settle)
@@ -112,7 +115,7 @@ class Daemon:
                 energy.duration_s,
                 tuple(sorted(energy.errors.items())),
                 self.source.refresh_period_s if isinstance(self.source, RefreshObserving) else None,
-                _unchanged(self.source, self._clock()),
+                self._unchanged(),
             ),
             targets=tuple(
                 TargetHealth(
@@ -189,17 +192,29 @@ class Daemon:
     async def _start_http(self) -> web.AppRunner:
         """Serve /metrics and the health endpoints on `config.listen`; sets `self.url`."""
         reload = self.reload_reason if self.enable_lifecycle else None
-        app = make_app(self.collector, self.not_ready, self.auth, reload)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        app = make_app(
+            self.collector,
+            self.not_ready,
+            self.auth,
+            reload,
+            require_client_cert=bool(self.web and self.web.require_client_cert),
+        )
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")
         tls = self.web.ssl_context if self.web else None
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=tls)
+        site = GuardedSite(runner, host.strip("[]"), int(port), ssl_context=tls)
         await site.start()
         bound_port = runner.addresses[0][1] if runner.addresses else int(port)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/metrics"
-        log.info("listening", url=self.url, energy_source=self.source.name, servers=len(self.config.servers))
+        log.info(
+            "listening",
+            addresses=bound_addresses(runner.addresses),
+            url=self.url,
+            energy_source=self.source.name,
+            servers=len(self.config.servers),
+        )
         return runner
 
     def _start_target(self, server: ServerConfig, replaces: TargetPoller | None = None) -> None:
@@ -211,9 +226,18 @@ class Daemon:
         self.supervisor.start(poller)
 
     def _take_energy(self, samples: list[GpuSample]) -> None:
-        self._place({s.gpu for s in samples} | {g for g, _ in _unchanged(self.source, self._clock())})
-        for gpu in self.accountant.add_energy(samples):
+        reset = self.accountant.add_energy(samples)
+        passed = {s.gpu for s in samples if s.gpu.uuid in self.accountant.tracks}  # past the gate
+        self._place(passed | {g for g, _ in self._unchanged()})
+        for gpu in reset:
             log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
+
+    def _unchanged(self) -> tuple[tuple[Gpu, float], ...]:
+        """How long each GPU past the gate has shown the same values (a refresh-observing source)."""
+        if not isinstance(self.source, RefreshObserving):
+            return ()
+        tracked = self.accountant.tracks
+        return tuple((g, s) for g, s in self.source.unchanged_s(self._clock()) if g.uuid in tracked)
 
     def _take_tokens(self, samples: list[TokenSample]) -> None:
         self.accountant.add_tokens(samples)
@@ -233,12 +257,14 @@ class Daemon:
 
     def _settle(self) -> None:
         self.accountant.settle(self._clock())
+        resets_now: dict[tuple[str, str | None], int] = {}  # rebuilt: expired models leave it
         for ledger in self.accountant.ledgers.values():
             for model, m in ledger.models.items():
                 resets = m.input.resets + m.output.resets + m.requests.resets
                 if resets > self._resets.get((ledger.name, model), 0):
                     log.warning("token counter reset", server=ledger.name, model=model)
-                self._resets[(ledger.name, model)] = resets
+                resets_now[(ledger.name, model)] = resets
+        self._resets = resets_now
 
     async def reload(self) -> bool:
         """Re-read the config and the web config; keep the running ones if either is bad."""
@@ -284,7 +310,7 @@ class Daemon:
             self.accountant.remove_server(name)
             log.info("server removed", server=name)
         for name in after.keys() - before.keys():
-            self.accountant.add_server(name)
+            self.accountant.add_server(name, ModelLimit(after[name].max_models, after[name].model_expiry))
         self._place(set(self._gpus), force=True)
         for name, server in after.items():
             if name not in before:
@@ -298,8 +324,6 @@ class Daemon:
         log.info("config reloaded", servers=len(new.servers))
 
 
-def _unchanged(source: EnergySource, now: float) -> tuple[tuple[Gpu, float], ...]:
-    return source.unchanged_s(now) if isinstance(source, RefreshObserving) else ()
 
 
 async def serve_until_signalled(

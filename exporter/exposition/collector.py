@@ -86,14 +86,15 @@ class TokenwattCollector(Collector):
     """Yields every tokenwatt metric from a snapshot taken when Prometheus scrapes."""
 
     def __init__(self, snapshot: Callable[[], tuple[Snapshot, Health]]) -> None:
-        self._snapshot = snapshot
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snap, health = self._snapshot()
+        snap, health = self.snapshot()
         yield from self._gpu_metrics(snap)
         yield from self._server_metrics(snap)
         yield from self._accounting_metrics(snap)
         yield from self._health_metrics(health)
+        yield from self._rejection_metrics(snap)
 
     def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         labels = ["gpu", "uuid", "gpu_model"]
@@ -428,3 +429,27 @@ class TokenwattCollector(Collector):
         )
         refused.add_metric([], health.auth_refused)
         yield from (internal, reload_ok, reload_t, refused)
+
+    def _rejection_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        energy = CounterMetricFamily(
+            "tokenwatt_energy_rejected_readings",
+            "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
+            labels=["reason"],
+        )
+        for reason, count in snap.rejections.energy:
+            energy.add_metric([reason], count)
+        scrapes = CounterMetricFamily(
+            "tokenwatt_target_rejected_scrapes",
+            "Scrapes whose values the validation gate rejected (a gap, never a value), by reason.",
+            labels=["server", "reason"],
+        )
+        for server, reason, count in snap.rejections.scrapes:
+            scrapes.add_metric([server, reason], count)
+        dropped = CounterMetricFamily(
+            "tokenwatt_server_dropped_models",
+            "Models left out of the accounting by the server's max_models cap (one per model per scrape).",
+            labels=["server"],
+        )
+        for server, count in snap.dropped_models:
+            dropped.add_metric([server], count)
+        yield from (energy, scrapes, dropped)
