@@ -1,8 +1,5 @@
 """tokenwatt: how many joules each LLM token costs, per model, per server, per GPU."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("tokenwatt")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written: pyproject.toml reads it from here (hatch's `[tool.hatch.version]`),
+# `tokenwatt --version` prints it and `tokenwatt_build_info` exports it.
+__version__ = "0.1.0"

@@ -1,17 +1,19 @@
-"""The daemon: one asyncio task per loop, joined by the accountant, served over HTTP.
+"""The daemon: supervised pollers joined by the accountant, served over HTTP.
 
-Loops never raise into the event loop: a failed energy read or scrape becomes data (`up` gauges,
-error counters by reason) and a log line when the state changes, and the loop backs off.
+The `Daemon` only wires the parts: an `EnergyPoller`, one `TargetPoller` per server (both in
+`exporter.pollers`, run by a `Supervisor`), the `Accountant` and the HTTP server. A reload
+(`SIGHUP`, or `POST /-/reload` when enabled) re-reads the config and the web config, starts the
+pollers of added servers and stops those of removed ones without touching the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -20,9 +22,10 @@ from aiohttp import web
 from exporter import __version__
 from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.cardinality import ModelLimit
 from exporter.accounting.tariff import Tariff
-from exporter.config import Config, ServerConfig
-from exporter.energy import ActivityReporting, EnergyReadError, EnergySource, MigReporting, RefreshObserving
+from exporter.config import Config, ConfigError, ServerConfig, load_config
+from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
     Health,
     PlacementHealth,
@@ -30,40 +33,19 @@ from exporter.exposition.collector import (
     TargetHealth,
     TokenwattCollector,
 )
+from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
-from exporter.exposition.web_config import WebConfig
-from exporter.model import Gpu, PodRef
+from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
+from exporter.model import Gpu, GpuSample, PodRef, TokenSample
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
-from exporter.tokens.scraper import ScrapeError, TokenScraper
+from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 
 log = structlog.get_logger("tokenwatt")
 
-MAX_BACKOFF_S = 30.0
-
-
-class _TargetState:
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.up: bool | None = None
-        self.duration_s: float | None = None
-        self.last_success_t: float | None = None
-        self.errors: Counter[str] = Counter()
-
-
-class _SourceState:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.up: bool | None = None
-        self.duration_s: float | None = None
-        self.failures = 0
-        self.errors: Counter[str] = Counter()
-
-
-def backoff_s(interval_s: float, failures: int) -> float:
-    """The wait after `failures` consecutive failures: doubling from the interval, capped."""
-    if failures <= 0:
-        return interval_s
-    return min(interval_s * 2.0 ** min(failures, 16), max(interval_s, MAX_BACKOFF_S))
+EXIT_CRASHING = 1
+CLOSE_TIMEOUT_S = 0.5
+RELOADABLE = frozenset({"servers", "web_config_file"})
+"""Top-level keys a reload applies; a change to any other key needs a restart."""
 
 
 def tariff_of(config: Config) -> Tariff:
@@ -84,7 +66,12 @@ def _pod_of(server: ServerConfig) -> PodRef:
 
 
 class Daemon:
-    """Everything `tokenwatt run` does, given a config and an opened energy source."""
+    """Everything `tokenwatt run` does, given a config and an opened energy source.
+
+    `config_path`, when given, is the file a reload reads. `enable_lifecycle` turns on
+    `POST /-/reload`. A poller that crashes on every attempt for `crash_exit_s` ends `run()` with
+    `EXIT_CRASHING`.
+    """
 
     def __init__(
         self,
@@ -92,10 +79,16 @@ class Daemon:
         source: EnergySource,
         clock: Callable[[], float] = time.time,
         web: WebConfig | None = None,
+        *,
+        config_path: Path | None = None,
+        enable_lifecycle: bool = False,
+        crash_exit_s: float = 120.0,
     ) -> None:
         self.config = config
         self.source = source
         self.web = web
+        self.config_path = config_path
+        self.enable_lifecycle = enable_lifecycle
         self._clock = clock
         self.accountant = Accountant(
             [s.name for s in config.servers],
@@ -105,145 +98,198 @@ class Daemon:
             split_window_s=config.energy_split.window,
             split_block_s=config.energy_split.block,
             tariff=tariff_of(config),
+            model_limits={s.name: ModelLimit(s.max_models, s.model_expiry) for s in config.servers},
         )
-        self._source_state = _SourceState(source.name)
-        self._targets = {s.name: _TargetState(s.name) for s in config.servers}
+        self.supervisor = Supervisor(crash_exit_s)
+        self.energy = EnergyPoller(source, config.energy, self._take_energy, self._settle)
+        self.targets: dict[str, TargetPoller] = {}
+        self.auth = Authenticator(web.users if web else {})
         self._gpus: tuple[Gpu, ...] = ()
         self._resets: dict[tuple[str, str | None], int] = {}
-        self._energy_lock = asyncio.Lock()
-        self.kubelet: KubeletRefresher | None = refresher_of(config)
-        self._pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
-        self._placed_pods = {s.name: _pod_of(s) for s in config.servers if s.pod is not None or s.pod_uid}
+        self._session: aiohttp.ClientSession | None = None
+        self._reload_lock = asyncio.Lock()
+        self.reload_successful = True
+        self.reload_success_t: float | None = clock()
+        self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
         self.collector = TokenwattCollector(self.snapshot)
         self.url: str | None = None
 
     def snapshot(self) -> tuple[Snapshot, Health]:
-        src = self._source_state
         placement = self.accountant.placement
+        now = time.monotonic()
+        energy = self.energy
+        source_up = (
+            bool(energy.up) and self.supervisor.healthy(energy.component) and energy.stale_s(now) is None
+        )
         health = Health(
             version=__version__,
             source=SourceHealth(
-                src.name,
-                bool(src.up),
-                src.duration_s,
-                tuple(sorted(src.errors.items())),
+                self.source.name,
+                source_up,
+                energy.duration_s,
+                tuple(sorted(energy.errors.items())),
                 self.source.refresh_period_s if isinstance(self.source, RefreshObserving) else None,
+                self._unchanged(),
             ),
             targets=tuple(
                 TargetHealth(
-                    t.server,
-                    bool(t.up),
-                    t.duration_s,
+                    t.server.name,
+                    bool(t.up) and self.supervisor.healthy(t.component),
+                    t.scrape_duration_s,
                     t.last_success_t,
                     tuple(sorted(t.errors.items())),
-                    tuple(g for g in self._gpus if g.uuid in placement.gpus.get(t.server, ())),
+                    tuple(g for g in self._gpus if g.uuid in placement.gpus.get(t.server.name, ())),
+                    t.energy_read_duration_s,
                 )
-                for t in self._targets.values()
+                for t in self.targets.values()
             ),
+            internal_errors=tuple(sorted(self.supervisor.internal_errors.items())),
+            reload_successful=self.reload_successful,
+            reload_success_t=self.reload_success_t,
+            auth_refused=self.auth.refused,
             placement=(
-                PlacementHealth(bool(k.up), tuple(sorted(k.errors.items()))) if (k := self.kubelet) else None
+                PlacementHealth(
+                    bool(k.up) and self.supervisor.healthy(k.component), tuple(sorted(k.errors.items()))
+                )
+                if (k := self.kubelet)
+                else None
             ),
-            pods=tuple(self._pods.items()),
+            pods=tuple((s.name, pod) for s in self.config.servers if (pod := s.pod_ref) is not None),
         )
         return self.accountant.snapshot(self._clock()), health
 
-    def not_ready(self) -> str | None:
-        if not self._source_state.up:
-            return f"no reading yet from the energy source {self.source.name}"
-        waiting = [t.server for t in self._targets.values() if t.up is None]
+    def not_ready(self) -> list[str]:
+        """What keeps the exporter from being ready, one sentence each; empty when ready."""
+        energy, name = self.energy, self.source.name
+        problems = []
+        if energy.up is None:
+            problems.append(f"no reading yet from the energy source {name}")
+        elif energy.up is False:
+            problems.append(f"the energy source {name} is down ({energy.last_failure})")
+        stale = energy.stale_s(time.monotonic())
+        if stale is not None:
+            problems.append(f"no reading from the energy source {name} for {stale:.1f}s")
+        waiting = [t.server.name for t in self.targets.values() if t.up is None]
         if waiting:
-            return "no scrape yet of " + ", ".join(waiting)
-        return None
+            problems.append("no scrape yet of " + ", ".join(waiting))
+        problems += self.supervisor.problems()
+        if self.supervisor.give_up_reason is not None:
+            problems.append(f"giving up: {self.supervisor.give_up_reason}")
+        return problems
 
-    async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> None:
-        """Run until `stop` is set, then shut down: HTTP server, loops, sessions, source."""
-        app = make_app(self.collector, self.not_ready, self.web.users if self.web else None)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    async def run(self, stop: asyncio.Event, on_listening: Callable[[str], None] | None = None) -> int:
+        """Run until `stop` is set (exit code 0) or a poller keeps crashing (`EXIT_CRASHING`)."""
+        runner = await self._start_http()
+        if on_listening is not None and self.url is not None:
+            on_listening(self.url)
+        given_up = asyncio.create_task(self.supervisor.given_up.wait())
+        stopped = asyncio.create_task(stop.wait())
+        async with aiohttp.ClientSession(auto_decompress=True) as session:
+            self._session = session
+            self.supervisor.start(self.energy)
+            if self.kubelet is not None:
+                self.supervisor.start(self.kubelet)
+            for server in self.config.servers:
+                self._start_target(server)
+            try:
+                await asyncio.wait([given_up, stopped], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                given_up.cancel()
+                stopped.cancel()
+                await self.supervisor.stop_all()
+                await runner.cleanup()
+                await self._close_source()
+        if self.supervisor.give_up_reason is not None:
+            log.error("stopped: a poller keeps crashing", reason=self.supervisor.give_up_reason)
+            return EXIT_CRASHING
+        log.info("stopped")
+        return 0
+
+    async def _close_source(self) -> None:
+        """Release the source within `CLOSE_TIMEOUT_S`: a hung library must not keep the process up."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.source.close()
+        except TimeoutError:
+            log.error("energy source did not close in time: leaving it", source=self.source.name)
+
+    async def _start_http(self) -> web.AppRunner:
+        """Serve /metrics and the health endpoints on `config.listen`; sets `self.url`."""
+        reload = self.reload_reason if self.enable_lifecycle else None
+        app = make_app(
+            self.collector,
+            self.not_ready,
+            self.auth,
+            reload,
+            require_client_cert=bool(self.web and self.web.require_client_cert),
+        )
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, **RUNNER_LIMITS)
         await runner.setup()
         host, _, port = self.config.listen.rpartition(":")
         tls = self.web.ssl_context if self.web else None
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=tls)
+        site = GuardedSite(runner, host.strip("[]"), int(port), ssl_context=tls)
         await site.start()
         bound_port = runner.addresses[0][1] if runner.addresses else int(port)
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/metrics"
-        log.info("listening", url=self.url, energy_source=self.source.name, servers=len(self.config.servers))
-        if on_listening is not None:
-            on_listening(self.url)
-        async with aiohttp.ClientSession(auto_decompress=True) as session:
-            tasks = [asyncio.create_task(self._energy_loop(), name="energy")]
-            if self.kubelet is not None:
-                tasks.append(asyncio.create_task(self._placement_loop(self.kubelet), name="placement"))
-            for server in self.config.servers:
-                tasks.append(asyncio.create_task(self._scrape_loop(server, session), name=server.name))
-            try:
-                await stop.wait()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await runner.cleanup()
-                await self.source.close()
-        log.info("stopped")
+        log.info(
+            "listening",
+            addresses=bound_addresses(runner.addresses),
+            url=self.url,
+            energy_source=self.source.name,
+            servers=len(self.config.servers),
+        )
+        return runner
 
-    async def _energy_loop(self) -> None:
-        while True:
-            started = time.monotonic()
-            await self._read_energy()
-            self._settle()
-            await _sleep_until(started + backoff_s(self.config.energy.interval, self._source_state.failures))
+    def _start_target(self, server: ServerConfig, replaces: TargetPoller | None = None) -> None:
+        assert self._session is not None, "targets start once the HTTP session is open"
+        poller = TargetPoller(
+            server,
+            self._session,
+            self.energy,
+            self._take_tokens,
+            self._clock,
+            on_up=self._placement_may_have_changed,
+        )
+        if replaces is not None:
+            poller.carry_over(replaces)
+        self.targets[server.name] = poller
+        self.supervisor.start(poller)
 
-    async def _placement_loop(self, kubelet: KubeletRefresher) -> None:
-        while True:
-            if await kubelet.poll_once():
-                self._place(set())
-            await kubelet.wait()
+    def _take_energy(self, samples: list[GpuSample]) -> None:
+        if isinstance(self.source, ActivityReporting):
+            self.accountant.add_activity(self.source.activity)
+        reset = self.accountant.add_energy(samples)
+        passed = {s.gpu for s in samples if s.gpu.uuid in self.accountant.tracks}  # past the gate
+        self._place(passed | {g for g, _ in self._unchanged()})
+        for gpu in reset:
+            log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
 
-    async def _read_energy(self) -> None:
-        """One read of the energy source, its outcome recorded as state, never raised."""
-        state = self._source_state
-        async with self._energy_lock:
-            started = time.monotonic()
-            try:
-                samples = await self.source.read()
-            except EnergyReadError as e:
-                state.failures += 1
-                state.errors[e.reason] += 1
-                if state.up is not False:
-                    log.warning("energy source down", source=state.name, reason=e.reason, error=str(e))
-                state.up = False
-                return
-            state.failures = 0
-            state.duration_s = time.monotonic() - started
-            if state.up is not True:
-                log.info("energy source up", source=state.name, gpus=len(samples))
-            state.up = True
-            self._place({s.gpu for s in samples})
-            if isinstance(self.source, ActivityReporting):
-                self.accountant.add_activity(self.source.activity)
-            for gpu in self.accountant.add_energy(samples):
-                log.warning("energy counter reset", gpu=gpu.index, uuid=gpu.uuid)
+    def _unchanged(self) -> tuple[tuple[Gpu, float], ...]:
+        """How long each GPU past the gate has shown the same values (a refresh-observing source)."""
+        if not isinstance(self.source, RefreshObserving):
+            return ()
+        tracked = self.accountant.tracks
+        return tuple((g, s) for g, s in self.source.unchanged_s(self._clock()) if g.uuid in tracked)
 
-    async def _read_energy_beside_scrape(self) -> None:
-        """Bracket a scrape's instant with energy readings taken just before and just after it.
+    def _take_tokens(self, samples: list[TokenSample]) -> None:
+        self.accountant.add_tokens(samples)
+        self._settle()
 
-        Interpolating across a one-second gap between readings misses power steps inside it;
-        readings milliseconds apart around the scrape make the energy at its instant exact to
-        within the scrape's own duration. Only for sources whose every read asks the hardware now,
-        and not while the source is failing (its own loop backs off then).
-        """
-        if self.source.reads_fresh and self._source_state.failures == 0:
-            await self._read_energy()
-
-    def _place(self, gpus: set[Gpu]) -> None:
+    def _place(self, gpus: set[Gpu], force: bool = False) -> None:
         """Place every server on the GPUs seen so far; a change takes effect now."""
-        self._gpus = seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
+        seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
+        if seen == self._gpus and not force:
+            return
+        self._gpus = seen
         if not seen:
             return  # the kubelet answered before the first energy reading: no GPU to resolve against yet
         migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
-        static = {s.name: s.gpus for s in self.config.servers if s.pod_ref is None}
+        servers = self.config.servers
+        static = {s.name: s.gpus for s in servers if s.pod_ref is None}
+        pods = {s.name: _pod_of(s) for s in servers if s.pod is not None or s.pod_uid}
         devices = self.kubelet.devices if self.kubelet else {}
-        placement, unmatched = place(static, self._placed_pods, devices, seen, migs)
+        placement, unmatched = place(static, pods, devices, seen, migs)
         before = self.accountant.placement
         if placement == before:
             return
@@ -255,63 +301,112 @@ class Daemon:
                 uuids = placement.gpus[server]
                 log.info("placement", server=server, gpus=sorted(g.index for g in seen if g.uuid in uuids))
 
-    async def _scrape_loop(self, server: ServerConfig, session: aiohttp.ClientSession) -> None:
-        scraper = TokenScraper(
-            server.name, server.url, server.token_kind, session, server.timeout, server.max_page_bytes
-        )
-        state = self._targets[server.name]
-        failures = 0
-        while True:
-            started = time.monotonic()
-            await self._read_energy_beside_scrape()
-            try:
-                samples = await scraper.scrape()
-            except ScrapeError as e:
-                failures += 1
-                state.errors[e.reason] += 1
-                if state.up is not False:
-                    log.warning(
-                        "target down", server=server.name, url=server.url, reason=e.reason, error=str(e)
-                    )
-                state.up = False
-            else:
-                failures = 0
-                if state.up is not True:
-                    log.info("target up", server=server.name, url=server.url, kind=scraper.kind)
-                    self._placement_may_have_changed()
-                state.up = True
-                state.last_success_t = self._clock()
-                await self._read_energy_beside_scrape()
-                self.accountant.add_tokens(samples)
-                self._settle()
-            state.duration_s = time.monotonic() - started
-            await _sleep_until(started + backoff_s(server.interval, failures))
-
     def _settle(self) -> None:
         self.accountant.settle(self._clock())
+        resets_now: dict[tuple[str, str | None], int] = {}  # rebuilt: expired models leave it
         for ledger in self.accountant.ledgers.values():
             for model, m in ledger.models.items():
                 resets = m.input.resets + m.output.resets + m.requests.resets
                 if resets > self._resets.get((ledger.name, model), 0):
                     log.warning("token counter reset", server=ledger.name, model=model)
                     self._placement_may_have_changed()
-                self._resets[(ledger.name, model)] = resets
+                resets_now[(ledger.name, model)] = resets
+        self._resets = resets_now
 
     def _placement_may_have_changed(self) -> None:
         """A server (re)started: its pod may hold other devices now."""
         if self.kubelet is not None:
             self.kubelet.wake()
 
+    async def reload(self) -> bool:
+        """Re-read the config and the web config; keep the running ones if either is bad."""
+        return await self.reload_reason() is None
 
-async def _sleep_until(deadline: float) -> None:
-    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+    async def reload_reason(self) -> str | None:
+        """Reload; None when the new config is applied, else why it was not."""
+        async with self._reload_lock:
+            try:
+                config, web_config = await asyncio.to_thread(self._read_config)
+            except (ConfigError, WebConfigError) as e:
+                self.reload_successful = False
+                problem = "; ".join(e.problems) if isinstance(e, ConfigError) else str(e)
+                log.error("config reload failed: keeping the running config", error=problem)
+                return problem
+            await self._apply(config, web_config)
+            self.reload_successful = True
+            self.reload_success_t = self._clock()
+            return None
+
+    def _read_config(self) -> tuple[Config, WebConfig | None]:
+        if self.config_path is None:
+            raise ConfigError(["no config file to reload (the daemon was started without one)"])
+        config = load_config(self.config_path)
+        web_config = load_web_config(config.web_config_file) if config.web_config_file else None
+        return config, web_config
+
+    async def _apply(self, new: Config, web_config: WebConfig | None) -> None:
+        old = self.config
+        restart = sorted(
+            k for k in type(new).model_fields if k not in RELOADABLE and getattr(new, k) != getattr(old, k)
+        )
+        if restart:
+            log.warning("config change needs a restart to apply", keys=restart)
+        self.config = old.model_copy(update={"servers": new.servers, "web_config_file": new.web_config_file})
+        self.auth.users = web_config.users if web_config else {}
+        if web_config is not None and web_config.ssl_context is not None:
+            log.info("basic_auth_users reloaded; tls_server_config is read at start-up only")
+        before = {s.name: s for s in old.servers}
+        after = {s.name: s for s in new.servers}
+        for name in before.keys() - after.keys():
+            await self.supervisor.stop(self.targets.pop(name).component)
+            self.accountant.remove_server(name)
+            log.info("server removed", server=name)
+        for name in after.keys() - before.keys():
+            self.accountant.add_server(name, ModelLimit(after[name].max_models, after[name].model_expiry))
+        if self.kubelet is not None:  # servers that are pods: the ones of the new config
+            self.kubelet.pods = {s.name: pod for s in new.servers if (pod := s.pod_ref) is not None}
+            self.kubelet.wake()
+        self._place(set(self._gpus), force=True)
+        for name, server in after.items():
+            if name not in before:
+                self._start_target(server)
+                log.info("server added", server=name, url=server.url)
+            elif server != before[name]:
+                old_poller = self.targets[name]
+                await self.supervisor.stop(old_poller.component)
+                self._start_target(server, replaces=old_poller)
+                log.info("server changed", server=name, url=server.url)
+        log.info("config reloaded", servers=len(new.servers))
 
 
-async def serve_until_signalled(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `run(stop)` until SIGINT or SIGTERM sets `stop`."""
+async def serve_until_signalled(
+    run: Callable[[asyncio.Event], Awaitable[int | None]],
+    reload: Callable[[], Coroutine[Any, Any, bool]] | None = None,
+) -> int:
+    """Run `run(stop)` until SIGINT or SIGTERM sets `stop`; its exit code (0 when it gives none).
+
+    SIGHUP calls `reload` (where there is nothing to reload, it is logged and ignored); SIGUSR1 is
+    logged and ignored rather than left to its default action, which would end the process.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await run(stop)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        if reload is None:
+            log.warning("SIGHUP ignored: nothing to reload")
+            return
+        log.info("SIGHUP: reloading the config")
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("SIGUSR1 ignored"))
+    try:
+        return await run(stop) or 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 import aiohttp
 
@@ -19,7 +20,7 @@ from exporter.demo import run_demo
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.select import open_source
 from exporter.exposition.web_config import WebConfigError, load_web_config
-from exporter.logs import configure_logging
+from exporter.logs import clean, configure_logging, redact
 from exporter.tokens.scraper import PageReading, ScrapeError, probe, read_page
 
 EXIT_USAGE = 2
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the exporter daemon from a config file")
     run.add_argument("--config", required=True, type=Path, metavar="FILE", help="YAML config file")
     run.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    run.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="allow reloading the config with POST /-/reload (SIGHUP always reloads)",
+    )
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run on simulated GPUs and a simulated vLLM server (no GPU needed)")
@@ -110,15 +117,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             config = config.model_copy(update={"listen": validate_listen(args.listen)})
     except ConfigError as e:
         for problem in e.problems:
-            print(f"tokenwatt: {args.config}: {problem}", file=sys.stderr)
+            _say(f"tokenwatt: {args.config}: {problem}")
         return EXIT_USAGE
     except ValueError as e:
-        print(f"tokenwatt: --listen: {e}", file=sys.stderr)
+        _say(f"tokenwatt: --listen: {e}")
         return EXIT_USAGE
     try:
         web = load_web_config(config.web_config_file) if config.web_config_file else None
     except WebConfigError as e:
-        print(f"tokenwatt: web_config_file: {e}", file=sys.stderr)
+        _say(f"tokenwatt: web_config_file: {e}")
         return EXIT_USAGE
     configure_logging(config.logging.level, config.logging.format)
 
@@ -129,8 +136,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for problem in e.problems:  # one line per source tried: "nvml: <what is missing, how to fix>"
                 print(f"tokenwatt: energy source {problem}", file=sys.stderr)
             return EXIT_USAGE
-        await serve_until_signalled(Daemon(config, source, web=web).run)
-        return 0
+        daemon = Daemon(
+            config, source, web=web, config_path=args.config, enable_lifecycle=args.enable_lifecycle
+        )
+        try:
+            return await serve_until_signalled(daemon.run, daemon.reload)
+        except OSError as e:  # the listen address is taken, not ours, or does not resolve
+            _say(f"tokenwatt: listen: cannot listen on {config.listen}: {e.strerror or e}")
+            return EXIT_USAGE
 
     return asyncio.run(run())
 
@@ -148,10 +161,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             load_web_config(config.web_config_file)
     except ConfigError as e:
         for problem in e.problems:
-            print(f"{args.file}: {problem}")
+            _say(f"{args.file}: {problem}", sys.stdout)
         return EXIT_USAGE
     except WebConfigError as e:
-        print(f"{args.file}: web_config_file: {e}")
+        _say(f"{args.file}: web_config_file: {e}", sys.stdout)
         return EXIT_USAGE
     print(f"{args.file}: valid")
     return 0
@@ -165,10 +178,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         else:
             source, reading = target, read_page(Path(target).read_text(encoding="utf-8"), "auto")
     except ScrapeError as e:
-        print(f"tokenwatt probe: {e}", file=sys.stderr)
+        _say(f"tokenwatt probe: {e}")
         return 1
     except (OSError, ValueError) as e:
-        print(f"tokenwatt probe: {target}: {e}", file=sys.stderr)
+        _say(f"tokenwatt probe: {target}: {e}")
         return EXIT_USAGE
     print(_probe_json(reading) if args.json else _probe_table(reading, source))
     return 0
@@ -201,7 +214,7 @@ def _probe_table(reading: PageReading, source: str) -> str:
     header = ("model", "input_tokens", "cached_input", "output_tokens", "requests", "running")
     rows = [header] + [
         (
-            m.model if m.model is not None else "(none)",
+            clean(m.model) if m.model is not None else "(none)",
             _num(m.input_tokens),
             _num(m.cached_input_tokens),
             _num(m.output_tokens),
@@ -211,7 +224,7 @@ def _probe_table(reading: PageReading, source: str) -> str:
         for m in reading.models
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [f"server kind: {reading.profile.kind}", f"read from: {source}"]
+    lines = [f"server kind: {reading.profile.kind}", f"read from: {clean(source)}"]
     if not reading.models:
         lines.append("no token series yet: the server has not served a request since it started")
         return "\n".join(lines)
@@ -221,6 +234,12 @@ def _probe_table(reading: PageReading, source: str) -> str:
     )
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def _say(text: str, stream: TextIO | None = None) -> None:
+    """Print an error (to stderr by default): credentials in URLs redacted, each line cut short."""
+    lines = redact(text).splitlines() or [""]
+    print("\n".join(clean(line, 1000) for line in lines), file=stream or sys.stderr)
 
 
 def _num(value: float | None) -> str:

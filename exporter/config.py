@@ -6,12 +6,14 @@ allowed, so `tokenwatt check-config` can print one actionable line per problem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,7 +24,10 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
+from exporter.logs import clean
 from exporter.model import PodRef
+from exporter.safe_yaml import YamlInputError, load_yaml_file
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
 
 DEFAULT_PORT = 9839
@@ -35,6 +40,22 @@ _GPU_UUID = re.compile(r"(GPU|MIG)-[0-9A-Za-z-]+")
 _POD_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _POD_NAME = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
 _RESOURCE_NAME = re.compile(r"[A-Za-z0-9.-]+/[A-Za-z0-9._-]+")
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+MIN_DURATION_S = 0.001
+MAX_DURATION_S = 31 * 86400.0
+MAX_PROBLEM_CHARS = 500
+"""An error line shows at most this much of what the file holds."""
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 6
+_SHOW.maxlevel = 3
+
+
+def show(value: object) -> str:
+    """A short repr of a value from the file: long strings and big or deep structures abridged."""
+    return _SHOW.repr(value)
 
 
 class ConfigError(Exception):
@@ -48,7 +69,7 @@ class ConfigError(Exception):
 def parse_duration(value: object) -> float:
     """A Prometheus-style duration (`500ms`, `1s`, `1m30s`) in seconds."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"expected a duration string such as 500ms, 1s or 5m, got {value!r}")
+        raise ValueError(f"expected a duration string such as 500ms, 1s or 5m, got {show(value)}")
     text = value.strip()
     pos, total = 0, 0.0
     for m in _DURATION.finditer(text):
@@ -58,10 +79,10 @@ def parse_duration(value: object) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         raise ValueError(
-            f"{value!r} is not a duration; use a number with a unit ms, s, m, h or d, e.g. 500ms, 5m"
+            f"{show(value)} is not a duration; use a number with a unit ms, s, m, h or d, e.g. 500ms, 5m"
         )
-    if total <= 0:
-        raise ValueError(f"{value!r} must be longer than zero")
+    if not MIN_DURATION_S <= total <= MAX_DURATION_S:
+        raise ValueError(f"{show(value)} is out of range; a duration is from 1ms to 31d")
     return total
 
 
@@ -71,13 +92,26 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def validate_listen(value: object) -> str:
     """A HOST:PORT listen address, or ValueError saying what is wrong with it."""
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {value!r}")
+        raise ValueError(f"expected HOST:PORT such as 0.0.0.0:{DEFAULT_PORT}, got {show(value)}")
     host, _, port = value.rpartition(":")
     if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"the port in {value!r} must be a number from 0 (any free port) to 65535")
+        raise ValueError(f"the port in {show(value)} must be a number from 0 (any free port) to 65535")
     if not host:
-        raise ValueError(f"the host in {value!r} is empty; use 0.0.0.0 for every interface")
+        raise ValueError(f"the host in {show(value)} is empty; use 0.0.0.0 for every interface")
+    if not _valid_host(host[1:-1] if host.startswith("[") and host.endswith("]") else host):
+        raise ValueError(
+            f"the host in {show(value)} is neither an IP address nor a host name; "
+            "write IPv6 addresses in brackets, e.g. [::1]:9839"
+        )
     return value
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(host))
+    return True
 
 
 Listen = Annotated[str, BeforeValidator(validate_listen)]
@@ -97,13 +131,15 @@ class SimulatedConfig(_Strict):
 
 def _dcgm_address(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected HOST:PORT such as localhost:5555 or a unix socket path, got {value!r}")
+        raise ValueError(
+            f"expected HOST:PORT such as localhost:5555 or a unix socket path, got {show(value)}"
+        )
     if value.startswith(("/", "unix://")):
         return value
     host, colon, port = value.rpartition(":")
     if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
         raise ValueError(
-            f"{value!r} is not HOST:PORT (port 1 to 65535) nor a unix socket path starting with /"
+            f"{show(value)} is not HOST:PORT (port 1 to 65535) nor a unix socket path starting with /"
         )
     return value
 
@@ -141,6 +177,8 @@ EnergySourceName = Literal["auto", "dcgm", "nvml", "dcgm_exporter", "amd", "simu
 class EnergyConfig(_Strict):
     source: EnergySourceName = "auto"
     interval: Duration = 1.0
+    timeout: Duration = 5.0
+    """Deadline of one read: a read that overruns it is a failed read (`reason="timeout"`)."""
     gap_limit: Duration | None = None
     """Readings further apart than this do not bracket a token instant; default five intervals."""
     dcgm: DcgmConfig = DcgmConfig()
@@ -159,14 +197,14 @@ class EnergyConfig(_Strict):
 
 def _gpu_selector(value: object) -> int | str:
     if isinstance(value, bool):
-        raise ValueError(f"expected a GPU index or UUID, got {value!r}")
+        raise ValueError(f"expected a GPU index or UUID, got {show(value)}")
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"GPU index {value} is negative")
         return value
     if isinstance(value, str) and _GPU_UUID.fullmatch(value):
         return value
-    raise ValueError(f"expected a GPU index (0, 1, ...) or a UUID (GPU-..., MIG-...), got {value!r}")
+    raise ValueError(f"expected a GPU index (0, 1, ...) or a UUID (GPU-..., MIG-...), got {show(value)}")
 
 
 GpuSelector = Annotated[int | str, BeforeValidator(_gpu_selector)]
@@ -178,13 +216,21 @@ ServerKind = Literal[
 
 def _server_name(value: object) -> str:
     if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value):
-        raise ValueError(f"{value!r} is not a server name: use 1-128 letters, digits and _ . : -")
+        raise ValueError(f"{show(value)} is not a server name: use 1-128 letters, digits and _ . : -")
     return value
 
 
 def _url(value: object) -> str:
-    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value):
-        raise ValueError(f"{value!r} is not a URL: it must start with http:// or https:// and name a host")
+    allowed = "it must start with http:// or https://, name a host and, if any, a port from 1 to 65535"
+    if not isinstance(value, str) or not re.match(r"https?://[^/\s]+", value) or re.search(r"\s", value):
+        raise ValueError(f"{show(value)} is not a URL: {allowed}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"{show(value)} is not a URL ({e}): {allowed}") from None
+    if not parts.hostname or not _valid_host(parts.hostname) or port == 0:
+        raise ValueError(f"{show(value)} is not a URL: {allowed}")
     return value
 
 
@@ -195,7 +241,7 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 def _metric_name(value: object) -> str:
     if not isinstance(value, str) or not _METRIC_NAME.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a sample name: use letters, digits, _ and :, not starting with a digit "
+            f"{show(value)} is not a sample name: use letters, digits, _ and :, not starting with a digit "
             "(e.g. my_prompt_tokens_total, or a histogram's my_input_length_sum)"
         )
     return value
@@ -204,7 +250,7 @@ def _metric_name(value: object) -> str:
 def _label_name(value: object) -> str:
     if not isinstance(value, str) or not _LABEL_NAME.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a label name: use letters, digits and _, not starting with a digit"
+            f"{show(value)} is not a label name: use letters, digits and _, not starting with a digit"
         )
     return value
 
@@ -297,6 +343,10 @@ class ServerConfig(_Strict):
             return None
         namespace, name = self.pod.split("/")
         return PodRef(namespace, name)
+    max_models: int = Field(DEFAULT_MAX_MODELS, ge=1, le=10_000)
+    """Models of this server taken into the accounting; more are dropped (and counted)."""
+    model_expiry: Duration = DEFAULT_MODEL_EXPIRY_S
+    """A model not on the page for this long leaves the accounting and `/metrics`."""
 
     @model_validator(mode="after")
     def _check_generic(self) -> ServerConfig:
@@ -375,11 +425,11 @@ def _load_bands(value: object) -> list[int]:
         "ascending positive integers (upper bounds of the bands of running requests), e.g. [4, 16, 64, 256]"
     )
     if not isinstance(value, list) or not value:
-        raise ValueError(f"expected {allowed}, got {value!r}")
+        raise ValueError(f"expected {allowed}, got {show(value)}")
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in value):
-        raise ValueError(f"expected {allowed}, got {value!r}")
+        raise ValueError(f"expected {allowed}, got {show(value)}")
     if value != sorted(set(value)):
-        raise ValueError(f"{value!r} is not ascending; expected {allowed}")
+        raise ValueError(f"{show(value)} is not ascending; expected {allowed}")
     return value
 
 
@@ -456,13 +506,9 @@ class Config(_Strict):
 def load_config(path: Path) -> Config:
     """Read and validate a YAML config file; raise `ConfigError` listing every problem."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the file: {e.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}".replace("\n", " ")]) from None
+        data = load_yaml_file(path)
+    except YamlInputError as e:
+        raise ConfigError([clean(str(e), MAX_PROBLEM_CHARS)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -477,7 +523,7 @@ def validate_config(data: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError([_problem(err) for err in e.errors()]) from None
+        raise ConfigError([clean(_problem(err), MAX_PROBLEM_CHARS) for err in e.errors()]) from None
 
 
 def _problem(err: Any) -> str:
@@ -492,13 +538,13 @@ def _problem(err: Any) -> str:
     if kind == "extra_forbidden":
         return f"{path}: unknown key (check its spelling and its place in the file)"
     if kind == "literal_error":
-        return f"{path}: {err['input']!r} is not allowed; {message[0].lower()}{message[1:]}"
+        return f"{path}: {show(err['input'])} is not allowed; {message[0].lower()}{message[1:]}"
     if kind in ("missing",):
         return f"{path}: required, but missing"
     where = path or "config"
     if kind.startswith(("value_error", "assertion_error")) or "input" not in err:
         return f"{where}: {message}"
-    return f"{where}: {message} (got {err['input']!r})"
+    return f"{where}: {message} (got {show(err['input'])})"
 
 
 def known_kinds() -> list[str]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 from exporter.accounting.attribution import Claim, GpuLedger
 from exporter.accounting.bands import LoadBands
+from exporter.accounting.cardinality import ModelCap, ModelLimit
 from exporter.accounting.energy import EnergyTrack
+from exporter.accounting.gate import Gate, Rejections
 from exporter.accounting.ledger import Interval, ServerLedger
 from exporter.accounting.split import BLOCK_S as DEFAULT_SPLIT_BLOCK_S
 from exporter.accounting.split import EnergySplit, fit_energy_split
@@ -146,6 +148,9 @@ class Snapshot:
     servers: tuple[ServerFigures, ...]
     tariff: Tariff = field(default_factory=Tariff)
     band_labels: tuple[str, ...] = ()
+    rejections: Rejections = field(default_factory=Rejections)
+    dropped_models: tuple[tuple[str, int], ...] = ()
+    """(server, models left out by its `max_models` cap so far, one per model per scrape)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +182,7 @@ class Accountant:
         split_block_s: float = DEFAULT_SPLIT_BLOCK_S,
         tariff: Tariff | None = None,
         hold_s: float = DEFAULT_HOLD_S,
+        model_limits: dict[str, ModelLimit] | None = None,
     ) -> None:
         self.windows_s = tuple(windows_s)
         self.gap_limit_s = gap_limit_s
@@ -195,6 +201,8 @@ class Accountant:
         self.ledgers = {s: ServerLedger(s, self._retain_s) for s in servers}
         self._pending: dict[str, deque[_Scrape]] = {s: deque() for s in servers}
         self._bands: dict[tuple[str, str | None, str], _BandTotals] = defaultdict(_BandTotals)
+        self.gate = Gate()
+        self.model_cap = ModelCap(servers, model_limits)
 
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement
@@ -204,6 +212,18 @@ class Accountant:
         that ends at each GPU's next reading. A GPU left out has no activity measured (its shares
         fall back to equal or MIG slices): what an earlier read measured does not linger."""
         self._activity = {a.uuid: a for a in activity}
+    def add_server(self, server: str, limit: ModelLimit) -> None:
+        """Start accounting for a server added by a config reload."""
+        self.ledgers[server] = ServerLedger(server, self._retain_s)
+        self._pending[server] = deque()
+        self.model_cap.add(server, limit)
+
+    def remove_server(self, server: str) -> None:
+        """Stop accounting for a server removed by a config reload; its attributed energy stays attributed."""
+        del self.ledgers[server], self._pending[server]
+        self.model_cap.remove(server)
+        for key in [k for k in self._bands if k[0] == server]:
+            del self._bands[key]
 
     def add_energy(self, samples: Iterable[GpuSample]) -> list[Gpu]:
         """Record energy readings; return the GPUs whose counter was found reset.
@@ -212,15 +232,18 @@ class Accountant:
         current placement gives for the activity known now.
         """
         reset: list[Gpu] = []
-        for s in samples:
+        for s in self.gate.energy(samples):
             uuid = s.gpu.uuid
             track = self.tracks.get(uuid)
             if track is None:
                 track = self.tracks[uuid] = EnergyTrack(s.gpu)
                 self.gpu_ledgers[uuid] = GpuLedger(track)
             previous_t = track.latest_t
+            jumps = track.counter.jumps
             if track.add(s):
                 reset.append(s.gpu)
+            if track.counter.jumps != jumps:
+                self.gate.note("gpu", uuid, s.t, "implausible_increase", s.energy_j)
             if previous_t is not None and track.latest_t != previous_t:
                 shares = self.placement.shares(uuid, self._activity.get(uuid))
                 self.shares[uuid] = shares
@@ -228,11 +251,16 @@ class Accountant:
         return reset
 
     def add_tokens(self, samples: Sequence[TokenSample]) -> None:
-        """Queue one scrape of one server (samples share their server and instant)."""
+        """Queue one scrape of one server (samples share their server and instant).
+
+        A scrape with a value the gate rejects is dropped whole: a gap in the server's counters.
+        """
         if not samples:
             return
         server, t = samples[0].server, samples[0].t
-        self._pending[server].append(_Scrape(t, tuple(s.tokens for s in samples)))
+        if not self.gate.tokens(server, t, (s.tokens for s in samples)):
+            return
+        self._pending[server].append(_Scrape(t, self.model_cap.admit(server, t, (s.tokens for s in samples))))
 
     def settle(self, now: float) -> list[Interval]:
         """Apply every queued scrape whose energy is known, or whose wait exceeded the gap limit."""
@@ -252,7 +280,10 @@ class Accountant:
                 claims: list[tuple[str, Claim]] = []
                 if ready and ledger.last_t is not None:
                     energy_j, claims = self._measure(server, uuids, ledger.last_t, scrape.t)
+                jumps = ledger.jumps
                 interval = ledger.record(scrape.t, scrape.models, energy_j)
+                if ledger.jumps != jumps:
+                    self.gate.note("server", server, scrape.t, "implausible_increase", scrape.t)
                 if interval is None:
                     continue
                 if interval.energy_j is not None:
@@ -261,6 +292,10 @@ class Accountant:
                     self._count_bands(server, interval)
                 closed.append(interval)
         self._settle_gpus(now)
+        for server, model in self.model_cap.expire(now):
+            self.ledgers[server].models.pop(model, None)
+            for key in [k for k in self._bands if k[:2] == (server, model)]:
+                del self._bands[key]
         return closed
 
     def _measure(
@@ -322,7 +357,14 @@ class Accountant:
             for uuid, track in sorted(self.tracks.items(), key=lambda kv: kv[1].gpu.index)
         )
         servers = tuple(self._server_figures(ledger, now) for ledger in self.ledgers.values())
-        return Snapshot(gpus, servers, self.tariff, self.load_bands.labels)
+        return Snapshot(
+            gpus,
+            servers,
+            self.tariff,
+            self.load_bands.labels,
+            self.gate.rejections(),
+            self.model_cap.dropped(),
+        )
 
     def _server_figures(self, ledger: ServerLedger, now: float) -> ServerFigures:
         per_window = [_window_sums(ledger.intervals, now, w, self.load_bands) for w in self.windows_s]
@@ -420,5 +462,10 @@ def _empty(window_s: float) -> WindowFigures:
     return WindowFigures(window_s, 0.0, 0.0, 0.0, 0.0)
 
 
+MIN_RATIO_TOKENS = 1.0
+"""A per-token ratio needs at least one whole token in its window: counters that creep up by
+fractions of a token would otherwise divide real energy by almost nothing."""
+
+
 def _per_token(energy_j: float, tokens: float) -> float | None:
-    return energy_j / tokens if tokens > 0 else None
+    return energy_j / tokens if tokens >= MIN_RATIO_TOKENS else None

@@ -17,6 +17,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 
 from exporter.accounting.counters import ResetCounter
+from exporter.accounting.gate import energy_limit_j
 from exporter.model import Gpu, GpuSample
 
 
@@ -50,19 +51,20 @@ class EnergyTrack:
         """Record a reading; return True when it revealed a counter reset.
 
         Readings not newer than the latest are ignored: sources that refresh slower than we poll
-        repeat their last value and timestamp.
+        repeat their last value and timestamp. An increase beyond what a GPU can draw since the
+        previous reading (a counter jump) re-bases the counter and, like a reset, is a gap.
         """
         if self._t and sample.t <= self._t[-1]:
             return False
-        resets = self.counter.resets
-        self.counter.observe(sample.energy_j)
+        resets, jumps = self.counter.resets, self.counter.jumps
+        self.counter.observe(sample.energy_j, energy_limit_j(sample.t - self._t[-1]) if self._t else 0.0)
         self.power_w = sample.power_w
         if self.first_t is None:
             self.first_t = sample.t
         reset = self.counter.resets != resets
+        self._reset.append(reset or self.counter.jumps != jumps)
         self._t.append(sample.t)
         self._e.append(self.counter.total)
-        self._reset.append(reset)
         return reset
 
     def forget_before(self, t: float) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from exporter.accounting.counters import ResetCounter
+from exporter.accounting.gate import token_limit
 from exporter.model import ModelTokens
 
 
@@ -96,6 +97,8 @@ class ServerLedger:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.intervals: deque[Interval] = deque()
+        self.jumps = 0
+        """Scrapes in which a model's counter rose faster than `gate.MAX_TOKENS_PER_S` allows."""
         self._retain_s = retain_s
 
     def record(self, t: float, models: Sequence[ModelTokens], energy_j: float | None) -> Interval | None:
@@ -109,8 +112,9 @@ class ServerLedger:
             return None
         running_before = {m: ledger.running for m, ledger in self.models.items()}
         counted: list[tuple[ModelTokens, _Increments]] = []
+        limit = token_limit(t - prev_t) if prev_t is not None else 0.0
         for m in models:
-            increments = self._observe(m)
+            increments = self._observe(m, limit)
             if increments is not None:
                 counted.append((m, increments))
             self.models[m.model].running = m.running
@@ -159,20 +163,24 @@ class ServerLedger:
             self.intervals.popleft()
         return interval
 
-    def _observe(self, m: ModelTokens) -> _Increments | None:
+    def _observe(self, m: ModelTokens, limit: float) -> _Increments | None:
         ledger = self.models.get(m.model)
         if ledger is None:
             ledger = self.models[m.model] = ModelLedger()
-        d_in = ledger.input.observe(m.input_tokens)
-        d_out = ledger.output.observe(m.output_tokens)
+        counters = (ledger.input, ledger.output, ledger.requests, ledger.cached_input)
+        jumps = sum(c.jumps for c in counters)
+        d_in = ledger.input.observe(m.input_tokens, limit)
+        d_out = ledger.output.observe(m.output_tokens, limit)
         d_req: float | None = 0.0
         if m.requests is not None:
             ledger.has_requests = True
-            d_req = ledger.requests.observe(m.requests)
+            d_req = ledger.requests.observe(m.requests, limit)
         d_cached: float | None = 0.0
         if m.cached_input_tokens is not None:
             ledger.has_cached_input = True
-            d_cached = ledger.cached_input.observe(m.cached_input_tokens)
+            d_cached = ledger.cached_input.observe(m.cached_input_tokens, limit)
+        if sum(c.jumps for c in counters) != jumps:
+            self.jumps += 1
         if d_in is None or d_out is None:
             return None
         return _Increments(d_in, d_out, d_req or 0.0, d_cached or 0.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from exporter.model import GpuActivity, GpuSample, MigDevice
+from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
 
 
 class EnergyReadError(Exception):
@@ -72,6 +72,10 @@ class RefreshObserving(Protocol):
     @property
     def refresh_period_s(self) -> float | None:
         """The observed time between two changes of the values; None until two changes were seen."""
+        ...
+
+    def unchanged_s(self, now: float) -> tuple[tuple[Gpu, float], ...]:
+        """Every GPU the source listed, from its first read, with how long its value has not changed."""
         ...
 
 

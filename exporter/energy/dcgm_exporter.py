@@ -13,7 +13,11 @@ GPUs or the host engine. Its page carries what we need, with three catches this 
   that did not change is not a new reading. A changed value is dated at the midpoint between the
   last read that still showed the old value and the first that showed the new one, and the first
   value seen only sets the baseline, since its age is unknown. The observed time between changes is
-  exposed so that users see how stale the readings are.
+  exposed so that users see how stale the readings are. The GPUs of the page are known from the
+  first read, each with the time its value has not changed; a page on which no value changed for
+  `STALE_COLLECTS` collect intervals is a failed read (`reason="stale"`), not a source that is up.
+
+The page is fetched and parsed by the same code as the inference servers' pages (`exporter.pages`).
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError
 from exporter.energy.activity import instance_activity
 from exporter.model import Gpu, GpuActivity, GpuSample
+from exporter.pages.fetch import FetchError, fetch_page
+from exporter.pages.parser import ParseError, parse_samples
 
 ENERGY_MJ_NAMES = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "dcgm_total_energy_consumption")
 ENERGY_J_NAMES = ("DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "dcgm_gpu_energy_joules_total")
@@ -39,6 +44,8 @@ POWER_W_NAMES = (
     "dcgm_board_power_watts",
 )
 _WANTED = frozenset(ENERGY_MJ_NAMES + ENERGY_J_NAMES + POWER_W_NAMES)
+STALE_COLLECTS = 3
+"""A page whose values have not changed for this many collect intervals is stale."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,32 +70,29 @@ class _Row:
 def parse_page(text: str) -> list[GpuReading]:
     """The energy and power of every GPU on a dcgm-exporter page, one reading per UUID.
 
-    Raises `ValueError` when a wanted line is malformed.
+    Raises `ParseError` when a wanted line is malformed.
     """
-    wanted_lines = [line for line in text.splitlines() if _name_of(line) in _WANTED]
     rows: dict[str, _Row] = {}
-    for family in text_string_to_metric_families("\n".join(wanted_lines) + "\n"):
-        for sample in family.samples:
-            labels = sample.labels
-            uuid = labels.get("UUID") or labels.get("uuid")
-            if not uuid:
-                continue
-            row = rows.get(uuid)
-            if row is None:
-                gpu_label = labels.get("gpu", "")
-                gpu = Gpu(
-                    index=int(gpu_label) if gpu_label.isdigit() else len(rows),
-                    uuid=uuid,
-                    model=labels.get("modelName", ""),
-                )
-                row = rows[uuid] = _Row(gpu, labels.get("Hostname", labels.get("hostname")))
-            value = float(sample.value)
-            if sample.name in ENERGY_MJ_NAMES and row.energy_mj is None:
-                row.energy_mj = value
-            elif sample.name in ENERGY_J_NAMES and row.energy_j is None:
-                row.energy_j = value
-            elif sample.name in POWER_W_NAMES and row.power_w is None:
-                row.power_w = value
+    for sample in parse_samples(text, _WANTED):
+        labels = dict(sample.labels)
+        uuid = labels.get("UUID") or labels.get("uuid")
+        if not uuid:
+            continue
+        row = rows.get(uuid)
+        if row is None:
+            gpu_label = labels.get("gpu", "")
+            gpu = Gpu(
+                index=int(gpu_label) if gpu_label.isdigit() else len(rows),
+                uuid=uuid,
+                model=labels.get("modelName", ""),
+            )
+            row = rows[uuid] = _Row(gpu, labels.get("Hostname", labels.get("hostname")))
+        if sample.name in ENERGY_MJ_NAMES and row.energy_mj is None:
+            row.energy_mj = sample.value
+        elif sample.name in ENERGY_J_NAMES and row.energy_j is None:
+            row.energy_j = sample.value
+        elif sample.name in POWER_W_NAMES and row.power_w is None:
+            row.power_w = sample.value
     return [
         GpuReading(
             row.gpu,
@@ -101,20 +105,14 @@ def parse_page(text: str) -> list[GpuReading]:
     ]
 
 
-def _name_of(line: str) -> str:
-    end = len(line)
-    for stop in ("{", " ", "\t"):
-        i = line.find(stop)
-        if i != -1:
-            end = min(end, i)
-    return line[:end]
-
-
 @dataclass(slots=True)
 class _Tracked:
     """What we know of one GPU's value on the page."""
 
+    gpu: Gpu
     energy_j: float
+    first_seen_t: float
+    """Instant of the read that first showed `energy_j`."""
     last_seen_t: float
     """Instant of the latest read that showed `energy_j`."""
     changed_t: float | None = None
@@ -151,6 +149,13 @@ class DcgmExporterSource:
         periods = [t.period_s for t in self._tracked.values() if t.period_s is not None]
         return max(periods) if periods else None
 
+    def unchanged_s(self, now: float) -> tuple[tuple[Gpu, float], ...]:
+        """Every GPU the page listed, with how long its value has shown no change."""
+        return tuple(
+            (t.gpu, max(0.0, now - t.first_seen_t))
+            for t in sorted(self._tracked.values(), key=lambda t: t.gpu.index)
+        )
+
     async def read(self) -> list[GpuSample]:
         sent = self._clock()
         text = await self._fetch()
@@ -158,7 +163,7 @@ class DcgmExporterSource:
         try:
             readings = parse_page(text)
             self.activity = instance_activity(text, t)
-        except ValueError as e:
+        except (ParseError, ValueError) as e:
             raise EnergyReadError("parse", f"{self.cfg.url}: not a metrics page: {e}") from None
         if self.cfg.node_name is not None:
             nodes = sorted({r.hostname or "(no hostname label)" for r in readings})
@@ -177,15 +182,16 @@ class DcgmExporterSource:
             )
         samples = []
         for r in readings:
-            if r.energy_j is not None and (changed_t := self._track(r.gpu.uuid, r.energy_j, t)) is not None:
+            if r.energy_j is not None and (changed_t := self._track(r.gpu, r.energy_j, t)) is not None:
                 samples.append(GpuSample(gpu=r.gpu, t=changed_t, energy_j=r.energy_j, power_w=r.power_w))
+        self._check_fresh(t)
         return samples
 
-    def _track(self, uuid: str, energy_j: float, t: float) -> float | None:
+    def _track(self, gpu: Gpu, energy_j: float, t: float) -> float | None:
         """Record the value read at `t`; return the instant it appeared, None while it is the baseline."""
-        seen = self._tracked.get(uuid)
+        seen = self._tracked.get(gpu.uuid)
         if seen is None:
-            self._tracked[uuid] = _Tracked(energy_j, t)
+            self._tracked[gpu.uuid] = _Tracked(gpu, energy_j, t, t)
             return None
         if energy_j != seen.energy_j:
             changed_t = (seen.last_seen_t + t) / 2.0
@@ -193,29 +199,28 @@ class DcgmExporterSource:
                 seen.period_s = changed_t - seen.changed_t
             seen.energy_j = energy_j
             seen.changed_t = changed_t
+            seen.first_seen_t = t
         seen.last_seen_t = t
         return seen.changed_t
 
+    def _check_fresh(self, t: float) -> None:
+        """Fail the read when no value on the page changed for `STALE_COLLECTS` collect intervals."""
+        limit_s = STALE_COLLECTS * self.cfg.collect_interval
+        ages = [a for _, a in self.unchanged_s(t)]
+        if ages and min(ages) > limit_s:
+            raise EnergyReadError(
+                "stale",
+                f"{self.cfg.url}: no energy value changed for {min(ages):.0f}s (more than "
+                f"{STALE_COLLECTS} x energy.dcgm_exporter.collect_interval = {limit_s:g}s): the exporter "
+                "serves values it no longer collects",
+            )
+
     async def _fetch(self) -> str:
-        url = self.cfg.url
         try:
-            async with self._session.get(
-                url, timeout=aiohttp.ClientTimeout(total=self.cfg.timeout)
-            ) as response:
-                if response.status != 200:
-                    raise EnergyReadError("http_status", f"{url} answered HTTP {response.status}")
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    body += chunk
-                    if len(body) > self.cfg.max_page_bytes:
-                        raise EnergyReadError(
-                            "too_large", f"{url}: page larger than {self.cfg.max_page_bytes} bytes"
-                        )
-                return body.decode(response.charset or "utf-8", errors="replace")
-        except TimeoutError:
-            raise EnergyReadError("timeout", f"{url}: no answer within {self.cfg.timeout:g}s") from None
-        except aiohttp.ClientError as e:
-            raise EnergyReadError("connect", f"{url}: {e}") from None
+            page = await fetch_page(self._session, self.cfg.url, self.cfg.timeout, self.cfg.max_page_bytes)
+        except FetchError as e:
+            raise EnergyReadError(e.reason, str(e)) from None
+        return page.text
 
     async def close(self) -> None:
         await self._session.close()

@@ -45,6 +45,8 @@ class TargetHealth:
     """Failed scrapes so far, by reason."""
     gpus: tuple[Gpu, ...] = ()
     """The GPUs placed on this server."""
+    energy_read_duration_s: float | None = None
+    """The energy reads taken around the latest successful scrape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class SourceHealth:
     errors: tuple[tuple[str, int], ...]
     refresh_s: float | None = None
     """Observed time between changes of the source's values, for sources slower than our reads."""
+    unchanged: tuple[tuple[Gpu, float], ...] = ()
+    """Each GPU of a source that holds values (a scraped dcgm-exporter), and how long its value held."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,13 @@ class Health:
     placement: PlacementHealth | None = None
     pods: tuple[tuple[str, PodRef], ...] = ()
     """Server name -> the pod it runs in: its series carry `namespace` and `pod` labels."""
+    internal_errors: tuple[tuple[str, int], ...] = ()
+    """Unexpected exceptions so far, by component."""
+    reload_successful: bool = True
+    reload_success_t: float | None = None
+    """Unix time of the latest successful config load (start-up or reload)."""
+    auth_refused: int = 0
+    """Requests refused because their client failed to log in too often."""
 
 
 def window_label(seconds: float) -> str:
@@ -88,16 +99,17 @@ class TokenwattCollector(Collector):
     """Yields every tokenwatt metric from a snapshot taken when Prometheus scrapes."""
 
     def __init__(self, snapshot: Callable[[], tuple[Snapshot, Health]]) -> None:
-        self._snapshot = snapshot
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        snap, health = self._snapshot()
+        snap, health = self.snapshot()
         yield from self._gpu_metrics(snap)
         pods = dict(health.pods)
         yield from with_pod_labels(self._server_metrics(snap), pods)
         yield from with_pod_labels(self._accounting_metrics(snap), pods)
         yield from with_pod_labels(self._health_metrics(health), pods)
         yield from self._placement_metrics(health.placement)
+        yield from with_pod_labels(self._rejection_metrics(snap), pods)
 
     def _placement_metrics(self, placement: PlacementHealth | None) -> Iterator[Metric]:
         if placement is None:
@@ -355,7 +367,14 @@ class TokenwattCollector(Collector):
             labels=["server"],
         )
         scrape_s = GaugeMetricFamily(
-            "tokenwatt_target_scrape_duration_seconds", "Duration of the latest scrape.", labels=["server"]
+            "tokenwatt_target_scrape_duration_seconds",
+            "Duration of the latest scrape: the HTTP request and the parsing of the page alone.",
+            labels=["server"],
+        )
+        bracket_s = GaugeMetricFamily(
+            "tokenwatt_target_energy_read_duration_seconds",
+            "Duration of the energy reads taken around the latest successful scrape.",
+            labels=["server"],
         )
         last_scrape = GaugeMetricFamily(
             "tokenwatt_target_last_success_timestamp_seconds",
@@ -376,6 +395,8 @@ class TokenwattCollector(Collector):
                 gpu_info.add_metric([t.server, str(g.index), g.uuid, g.model], 1.0)
             if t.scrape_duration_s is not None:
                 scrape_s.add_metric([t.server], t.scrape_duration_s)
+            if t.energy_read_duration_s is not None:
+                bracket_s.add_metric([t.server], t.energy_read_duration_s)
             if t.last_success_t is not None:
                 last_scrape.add_metric([t.server], t.last_success_t)
             for reason, count in t.errors:
@@ -402,12 +423,69 @@ class TokenwattCollector(Collector):
         )
         if src.refresh_s is not None:
             refresh.add_metric([src.source], src.refresh_s)
+        unchanged = GaugeMetricFamily(
+            "tokenwatt_energy_source_gpu_unchanged_seconds",
+            "Time the GPU's value on the source's page has not changed (a scraped dcgm-exporter).",
+            labels=["source", "gpu", "uuid", "gpu_model"],
+        )
+        for gpu, age_s in src.unchanged:
+            unchanged.add_metric([src.source, str(gpu.index), gpu.uuid, gpu.model], age_s)
         build = GaugeMetricFamily(
             "tokenwatt_build_info", "tokenwatt's version; always 1.", labels=["version"]
         )
         build.add_metric([health.version], 1.0)
-        yield from (up, scrape_s, last_scrape, scrape_errors, gpu_info)
-        yield from (source_up, read_s, read_errors, refresh, build)
+        yield from (up, scrape_s, bracket_s, last_scrape, scrape_errors, gpu_info)
+        yield from (source_up, read_s, read_errors, refresh, unchanged, build)
+        yield from self._daemon_metrics(health)
+
+    def _daemon_metrics(self, health: Health) -> Iterator[Metric]:
+        internal = CounterMetricFamily(
+            "tokenwatt_internal_errors",
+            "Unexpected exceptions in a component, each logged with its traceback; the component restarts.",
+            labels=["component"],
+        )
+        for component, count in health.internal_errors:
+            internal.add_metric([component], count)
+        reload_ok = GaugeMetricFamily(
+            "tokenwatt_config_last_reload_successful", "1 if the latest config reload succeeded."
+        )
+        reload_ok.add_metric([], 1.0 if health.reload_successful else 0.0)
+        reload_t = GaugeMetricFamily(
+            "tokenwatt_config_last_reload_success_timestamp_seconds",
+            "Unix time of the latest successful config load (start-up or reload).",
+        )
+        if health.reload_success_t is not None:
+            reload_t.add_metric([], health.reload_success_t)
+        refused = CounterMetricFamily(
+            "tokenwatt_http_auth_rate_limited",
+            "Requests refused (HTTP 429) because their client failed basic auth too often.",
+        )
+        refused.add_metric([], health.auth_refused)
+        yield from (internal, reload_ok, reload_t, refused)
+
+    def _rejection_metrics(self, snap: Snapshot) -> Iterator[Metric]:
+        energy = CounterMetricFamily(
+            "tokenwatt_energy_rejected_readings",
+            "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
+            labels=["reason"],
+        )
+        for reason, count in snap.rejections.energy:
+            energy.add_metric([reason], count)
+        scrapes = CounterMetricFamily(
+            "tokenwatt_target_rejected_scrapes",
+            "Scrapes whose values the validation gate rejected (a gap, never a value), by reason.",
+            labels=["server", "reason"],
+        )
+        for server, reason, count in snap.rejections.scrapes:
+            scrapes.add_metric([server, reason], count)
+        dropped = CounterMetricFamily(
+            "tokenwatt_server_dropped_models",
+            "Models left out of the accounting by the server's max_models cap (one per model per scrape).",
+            labels=["server"],
+        )
+        for server, count in snap.dropped_models:
+            dropped.add_metric([server], count)
+        yield from (energy, scrapes, dropped)
 
 
 def _share_metric(snap: Snapshot) -> Metric:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -151,7 +151,16 @@ def _error(e: grpc.aio.AioRpcError) -> KubeletError:
 class KubeletRefresher:
     """The devices the kubelet allocated to each server's pod, refreshed; failures become state."""
 
-    def __init__(self, pods: Mapping[str, PodRef], client: PodResourcesClient, interval_s: float) -> None:
+    component = "placement"
+
+    def __init__(
+        self,
+        pods: Mapping[str, PodRef],
+        client: PodResourcesClient,
+        interval_s: float,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`on_change` runs after a poll that found a server's devices changed."""
         self.pods = dict(pods)
         """Server name -> its pod."""
         self.client = client
@@ -168,8 +177,29 @@ class KubeletRefresher:
         self._inode: int | None = None
         self._get_refused: str | None = None
         self._missing: frozenset[str] = frozenset()
+        self._on_change = on_change
+        self._asked = False
 
-    async def poll_once(self) -> bool:
+    @property
+    def deadline_s(self) -> float:
+        """A poll waits out the interval (or a `wake()`), then makes one call within its timeout."""
+        return self.interval_s + self.client.timeout_s
+
+    def next_delay_s(self) -> float:
+        return min(MIN_WAKE_GAP_S, self.interval_s)
+
+    async def poll_once(self) -> None:
+        """Ask the kubelet when the next poll is due (at once the first time); place anew on a change."""
+        if self._asked:
+            await self._due()
+        self._asked = True
+        if await self.refresh():
+            self._on_change()
+
+    def crashed(self) -> None:
+        self._fail("unexpected", "the poll raised an unexpected error (see the log)")
+
+    async def refresh(self) -> bool:
         """Ask the kubelet once; True when a server's devices changed. Never raises a kubelet failure."""
         by_pod: dict[PodRef, list[str]] = {}
         for server, pod in self.pods.items():
@@ -199,9 +229,8 @@ class KubeletRefresher:
         """Ask again soon (a scrape saw a server restart: its pod may hold other devices now)."""
         self._wake.set()
 
-    async def wait(self) -> None:
-        """Until the next poll is due: the interval, or a `wake()` (no sooner than MIN_WAKE_GAP_S)."""
-        await asyncio.sleep(min(MIN_WAKE_GAP_S, self.interval_s))
+    async def _due(self) -> None:
+        """Until the next poll is due: the rest of the interval after `next_delay_s()`, or a `wake()`."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(0.0, self.interval_s - MIN_WAKE_GAP_S))
         self._wake.clear()
@@ -247,10 +276,10 @@ def place(
     return place_static(selectors, gpus, migs, pods)
 
 
-def refresher_of(config: Config) -> KubeletRefresher | None:
+def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefresher | None:
     """The refresher of a config's pods; None with static placement or no server that is a pod."""
     pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
     if config.placement.source != "kubelet" or not pods:
         return None
     k = config.placement.kubelet
-    return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval)
+    return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval, on_change)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from exporter.model import ModelTokens
-from exporter.tokens.parser import Labels, Sample
+from exporter.pages.parser import Labels, Sample
 
 
 class ProfileError(Exception):

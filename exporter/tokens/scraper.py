@@ -7,15 +7,14 @@ last good counters stay where they were.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from exporter.model import ModelTokens, TokenSample
-from exporter.tokens.parser import ParseError, parse_samples, sample_names
+from exporter.pages.fetch import FetchError, Page, fetch_page
+from exporter.pages.parser import ParseError, parse_samples, sample_names
 from exporter.tokens.profiles import (
     PROFILES,
     ProfileError,
@@ -26,8 +25,6 @@ from exporter.tokens.profiles import (
     near_misses,
 )
 
-ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
-_TEXT_TYPES = ("text/plain", "application/openmetrics-text")
 PROBE_PATHS = ("/metrics", "/v1/metrics", "/prometheus/metrics")
 """Where servers keep their page: most at /metrics, NIM at /v1/metrics, trtllm-serve at
 /prometheus/metrics (its /metrics is JSON)."""
@@ -40,13 +37,6 @@ class ScrapeError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    text: str
-    t: float
-    """Midpoint between sending the request and receiving the last byte."""
-
-
-@dataclass(frozen=True, slots=True)
 class PageReading:
     profile: ServerProfile
     models: tuple[ModelTokens, ...]
@@ -54,34 +44,14 @@ class PageReading:
     output_timing: Timing | None
 
 
-async def fetch_page(session: aiohttp.ClientSession, url: str, timeout_s: float, max_bytes: int) -> Page:
-    """GET a metrics page (gzip accepted), refusing pages over `max_bytes` once decompressed."""
-    sent = time.time()
+async def fetch_server_page(
+    session: aiohttp.ClientSession, url: str, timeout_s: float, max_bytes: int
+) -> Page:
+    """Fetch an inference server's page; a failure is a `ScrapeError` with a hint for that server."""
     try:
-        async with asyncio.timeout(timeout_s):
-            async with session.get(url, headers={"Accept": ACCEPT}) as resp:
-                if resp.status != 200:
-                    raise ScrapeError("http_status", _status_message(url, resp.status))
-                content_type = resp.headers.get("Content-Type", "")
-                if content_type and not content_type.lower().startswith(_TEXT_TYPES):
-                    raise ScrapeError("content_type", _content_type_message(url, content_type))
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise ScrapeError("too_large", _too_large(url, max_bytes))
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise ScrapeError("too_large", _too_large(url, max_bytes))
-    except TimeoutError:
-        raise ScrapeError("timeout", f"{url} did not answer within {timeout_s:g}s") from None
-    except aiohttp.ClientError as e:
-        raise ScrapeError("connection", f"{url}: {e or type(e).__name__}") from None
-    received = time.time()
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ScrapeError("encoding", f"{url}: the page is not UTF-8 ({e})") from None
-    return Page(text=text, t=(sent + received) / 2.0)
+        return await fetch_page(session, url, timeout_s, max_bytes)
+    except FetchError as e:
+        raise ScrapeError(e.reason, _hinted(e, url)) from None
 
 
 def read_page(text: str, kind: str | ServerProfile) -> PageReading:
@@ -131,7 +101,7 @@ async def probe(
     failures: list[ScrapeError] = []
     for candidate in candidates:
         try:
-            page = await fetch_page(session, candidate, timeout_s, max_bytes)
+            page = await fetch_server_page(session, candidate, timeout_s, max_bytes)
             return candidate, read_page(page.text, "auto")
         except ScrapeError as e:
             failures.append(e)
@@ -167,7 +137,7 @@ class TokenScraper:
         return self._profile.kind if self._profile else "auto"
 
     async def scrape(self) -> list[TokenSample]:
-        page = await fetch_page(self._session, self.url, self._timeout_s, self._max_bytes)
+        page = await fetch_server_page(self._session, self.url, self._timeout_s, self._max_bytes)
         reading = read_page(page.text, self._profile or "auto")
         self._profile = reading.profile
         return [TokenSample(server=self.server, t=page.t, tokens=m) for m in reading.models]
@@ -182,27 +152,21 @@ def _what_the_page_has(text: str) -> str:
     return "; " + "; ".join([*clues, f"the page has: {shown}"])
 
 
-def _status_message(url: str, status: int) -> str:
-    if status == 404:
+def _hinted(e: FetchError, url: str) -> str:
+    """The fetcher's message, with what usually causes it on an inference server."""
+    if e.status == 404:
         return (
             f"{url} answered 404 Not Found: check the metrics path (most servers use /metrics, NIM "
             "/v1/metrics, trtllm-serve /prometheus/metrics); SGLang serves /metrics only when "
             "started with --enable-metrics"
         )
-    if status == 501:
+    if e.status == 501:
         return (
             f"{url} answered 501 Not Implemented: llama-server serves /metrics only when started "
             "with --metrics (or LLAMA_ARG_ENDPOINT_METRICS=1)"
         )
-    return f"{url} answered HTTP {status}"
-
-
-def _content_type_message(url: str, content_type: str) -> str:
-    message = f"{url} answered with Content-Type {content_type!r}, not a Prometheus text page"
-    if "json" in content_type.lower():
-        message += " (trtllm-serve's /metrics is JSON; its Prometheus page is /prometheus/metrics)"
-    return message
-
-
-def _too_large(url: str, max_bytes: int) -> str:
-    return f"{url}: page larger than the {max_bytes}-byte cap (servers[].max_page_bytes)"
+    if e.reason == "content_type" and "json" in str(e).lower():
+        return f"{e} (trtllm-serve's /metrics is JSON; its Prometheus page is /prometheus/metrics)"
+    if e.reason == "too_large":
+        return f"{e}: raise servers[].max_page_bytes"
+    return str(e)

@@ -10,6 +10,7 @@ from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError, RefreshObserving
 from exporter.energy.dcgm_exporter import DcgmExporterSource, parse_page
 from exporter.model import GpuSample
+from exporter.pages.parser import ParseError
 from tests.conftest import free_port
 from tests.energy.dcgm_exporter_server import ExporterGpu, ExporterStyle, FakeDcgmExporter, render
 
@@ -202,7 +203,7 @@ async def test_failures_are_errors_with_reasons_not_zero(serve: Serve) -> None:
     nothing_there = await open_source(f"http://127.0.0.1:{free_port()}/metrics", Clock(1000.0))
     with pytest.raises(EnergyReadError) as failed:
         await nothing_there.read()
-    assert failed.value.reason == "connect"
+    assert failed.value.reason == "connection"
     await nothing_there.close()
 
 
@@ -211,5 +212,29 @@ def test_malformed_wanted_line_is_a_parse_error_and_other_junk_is_ignored() -> N
     junk = "DCGM_FI_DEV_SOMETHING_ELSE{broken\n"
     [reading] = parse_page(junk + good)
     assert reading.energy_j == 0.042
-    with pytest.raises(ValueError):
+    with pytest.raises(ParseError):
         parse_page(f'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{gpu="0",UUID="{H100_0}"}} lots\n')
+
+
+async def test_gpus_are_listed_from_the_first_read_and_a_frozen_page_is_stale(serve: Serve) -> None:
+    exporter = FakeDcgmExporter([ExporterGpu(0, H100_0, energy_mj=10), ExporterGpu(1, H100_1, energy_mj=20)])
+    url = await serve(exporter)
+    clock = Clock(1000.0)
+    source = await open_source(url, clock, collect_interval="30s")
+    assert await source.read() == []  # the baseline: no reading yet, but the GPUs are known
+    assert [(g.uuid, age) for g, age in source.unchanged_s(1000.0)] == [(H100_0, 0.0), (H100_1, 0.0)]
+    clock.t = 1090.0  # three collect intervals: still within the limit
+    assert await source.read() == []
+    clock.t = 1091.0  # the exporter froze (its DCGM watch died): every value held for over 90 s
+    with pytest.raises(EnergyReadError) as failed:
+        await source.read()
+    assert failed.value.reason == "stale"
+    assert "no energy value changed for 91s" in str(failed.value)
+    assert [age for _, age in source.unchanged_s(1091.0)] == [91.0, 91.0]
+    exporter.gpus[0].energy_mj += 5
+    exporter.collect()
+    clock.t = 1092.0
+    [sample] = await source.read()  # one GPU moved again: fresh
+    assert sample.gpu.uuid == H100_0
+    assert [age for _, age in source.unchanged_s(1092.0)] == [0.0, 92.0]
+    await source.close()

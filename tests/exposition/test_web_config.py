@@ -7,6 +7,7 @@ import base64
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +17,14 @@ import pytest
 from exporter.app import Daemon
 from exporter.config import load_config
 from exporter.energy.select import open_source
-from exporter.exposition.web_config import WebConfigError, load_web_config
+from exporter.exposition import web_config
+from exporter.exposition.web_config import (
+    FAILURE_WINDOW_S,
+    MAX_FAILURES,
+    Authenticator,
+    WebConfigError,
+    load_web_config,
+)
 from tests.conftest import require_tool
 
 
@@ -119,3 +127,59 @@ def test_check_config_validates_the_web_config(cert: Path) -> None:
     )
     assert result.returncode == 2
     assert "web_config_file" in result.stdout and "expected a bcrypt hash" in result.stdout
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_password_checks_run_in_a_thread_and_successes_are_cached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))
+    calls: list[bool] = []
+    real = bcrypt.checkpw
+
+    def recording(password: bytes, stored: bytes) -> bool:
+        calls.append(threading.current_thread() is threading.main_thread())
+        return real(password, stored)
+
+    monkeypatch.setattr(web_config.bcrypt, "checkpw", recording)
+    auth = Authenticator({"prometheus": hashed})
+    assert await auth.check(basic("prometheus", "s3cret"), "10.0.0.1")
+    assert await auth.check(basic("prometheus", "s3cret"), "10.0.0.1")  # from the cache
+    assert calls == [False]  # one bcrypt round, off the event loop's thread
+    assert not await auth.check(basic("prometheus", "guess"), "10.0.0.2")
+    assert not await auth.check(basic("nobody", "s3cret"), "10.0.0.2")  # unknown users cost a round too
+    assert calls == [False, False, False]
+    auth.users = {"prometheus": bcrypt.hashpw(b"rotated", bcrypt.gensalt(rounds=4))}  # a reloaded web config
+    assert not await auth.check(basic("prometheus", "s3cret"), "10.0.0.1")  # the old cache entry is void
+    assert await auth.check(basic("prometheus", "rotated"), "10.0.0.1")
+
+
+async def test_failed_logins_are_rate_limited_per_client(cert: Path) -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    config = load_config(write_configs(cert, f"basic_auth_users:\n  prometheus: '{hashed}'\n"))
+    daemon = Daemon(config, await open_source(config.energy), web=load_web_config(cert / "web.yml"))
+    stop = asyncio.Event()
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(daemon.run(stop, listening.set_result))
+    try:
+        url = await asyncio.wait_for(listening, 5)
+        async with aiohttp.ClientSession() as session:
+
+            async def status(password: str) -> tuple[int, str | None]:
+                headers = {"Authorization": basic("prometheus", password)}
+                async with session.get(url, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("Retry-After")
+
+            assert await status("s3cret") == (200, None)
+            assert [await status(f"guess-{i}") for i in range(MAX_FAILURES)] == [(401, None)] * MAX_FAILURES
+            assert await status("guess-again") == (429, str(int(FAILURE_WINDOW_S)))
+            assert await status("s3cret") == (429, str(int(FAILURE_WINDOW_S)))  # until the window passes
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    families = {f.name: f for f in daemon.collector.collect()}
+    assert families["tokenwatt_http_auth_rate_limited"].samples[0].value == 2

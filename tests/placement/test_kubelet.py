@@ -104,7 +104,7 @@ async def test_get_refused_falls_back_to_list_once(kubelet: FakeKubelet, mode: s
     refresher = KubeletRefresher({"llm": LLM}, client(kubelet), 10.0)
     with capture_logs() as logs:
         for _ in range(3):
-            await refresher.poll_once()
+            await refresher.refresh()
     assert refresher.devices == {"llm": {A, f"{B}::1"}}
     assert refresher.up is True
     assert kubelet.calls == ["Get", "List", "List", "List"]
@@ -118,12 +118,12 @@ async def test_rate_limit_is_a_state_and_the_last_placement_stays(socket_dir: Pa
     try:
         refresher = KubeletRefresher({"llm": LLM, "chat": CHAT}, client(kubelet), 10.0)
         with capture_logs() as logs:
-            assert await refresher.poll_once() is True
+            assert await refresher.refresh() is True
             kubelet.pods = []
-            assert await refresher.poll_once() is True  # the second token: an answer without the pods
+            assert await refresher.refresh() is True  # the second token: an answer without the pods
             kubelet.pods = fleet()
             for _ in range(3):
-                assert await refresher.poll_once() is False
+                assert await refresher.refresh() is False
     finally:
         await kubelet.stop()
     assert refresher.up is False
@@ -139,11 +139,11 @@ async def test_rate_limit_is_a_state_and_the_last_placement_stays(socket_dir: Pa
 async def test_kubelet_restart_on_a_new_socket(kubelet: FakeKubelet) -> None:
     refresher = KubeletRefresher({"llm": LLM}, client(kubelet), 10.0)
     kubelet.get = "disabled"
-    await refresher.poll_once()
+    await refresher.refresh()
     first_inode = os.stat(kubelet.socket).st_ino
     with capture_logs() as logs:
         await kubelet.stop()
-        assert await refresher.poll_once() is False
+        assert await refresher.refresh() is False
         assert (refresher.up, refresher.reason) == (False, "socket_missing")
         assert refresher.devices == {"llm": {A, f"{B}::1"}}
         kubelet.get = "enabled"  # the restarted kubelet has Get turned on
@@ -152,7 +152,7 @@ async def test_kubelet_restart_on_a_new_socket(kubelet: FakeKubelet) -> None:
         placeholder.touch()  # keeps the old inode number taken, so the new socket gets a new one
         await kubelet.start()
         assert os.stat(kubelet.socket).st_ino != first_inode
-        assert await refresher.poll_once() is True
+        assert await refresher.refresh() is True
     assert refresher.up is True
     assert refresher.devices == {"llm": {C}}
     assert kubelet.calls[-1] == "Get"  # Get is tried again after the restart
@@ -204,7 +204,7 @@ def test_permission_denied(socket_dir: Path, directory_mode: int, socket_mode: i
             "    os.setuid(65534)\n"
             f"client = PodResourcesClient(pathlib.Path({str(path)!r}), 2.0)\n"
             "r = KubeletRefresher({'a': PodRef('llm', 'vllm-0')}, client, 10.0)\n"
-            "asyncio.run(r.poll_once())\n"
+            "asyncio.run(r.refresh())\n"
             "print(r.up, r.reason)\n"
         )
         done = subprocess.run(

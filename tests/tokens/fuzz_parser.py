@@ -16,7 +16,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["exporter"]):
-    from exporter.tokens.parser import ParseError, parse_samples
+    from exporter.pages.parser import ParseError, parse_samples
     from exporter.tokens.profiles import PROFILES, all_sample_names
     from exporter.tokens.scraper import ScrapeError, read_page
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.tokens.parser import ParseError, Sample, parse_samples, sample_names
+from exporter.pages.parser import ParseError, Sample, parse_samples, sample_names
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.tokens.parser import parse_samples
+from exporter.pages.parser import parse_samples
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 

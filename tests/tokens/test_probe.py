@@ -104,7 +104,7 @@ async def test_a_base_url_finds_nim_on_v1_metrics(capsys: pytest.CaptureFixture[
 
     app = web.Application()
     app.router.add_get("/v1/metrics", metrics)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)  # its access lines would go to probe's stdout
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

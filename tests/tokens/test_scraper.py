@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from exporter.tokens.profiles import generic_profile, series
-from exporter.tokens.scraper import ScrapeError, TokenScraper, fetch_page, probe
+from exporter.tokens.scraper import ScrapeError, TokenScraper, fetch_server_page, probe
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 VLLM_PAGE = (FIXTURES / "vllm-0.32.0-cpu.metrics.txt").read_text()
@@ -195,7 +195,7 @@ async def test_a_closed_port_is_a_connection_error(session: aiohttp.ClientSessio
     runner, url = await serve({})
     await runner.cleanup()
     with pytest.raises(ScrapeError) as e:
-        await fetch_page(session, url + "/metrics", 1.0, CAP)
+        await fetch_server_page(session, url + "/metrics", 1.0, CAP)
     assert e.value.reason == "connection"
 
 
