@@ -47,8 +47,8 @@ from traces import (
 )
 
 from exporter.accounting.book import Accountant
-from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 from exporter.placement import Holding, Placement
+from exporter.values import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 
 WINDOWS_S = (60.0, 300.0)
 COMPLETION_WINDOWS_S = (60.0, 300.0, 900.0)

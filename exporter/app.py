@@ -36,9 +36,9 @@ from exporter.exposition.collector import (
 from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
-from exporter.model import Gpu, GpuSample, PodRef, TokenSample
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
+from exporter.values import Gpu, GpuSample, PodRef, TokenSample
 
 log = structlog.get_logger("tokenwatt")
 

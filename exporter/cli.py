@@ -102,7 +102,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         mapping = traces.parse_map(args.map)
         energy = traces.read_energy(args.energy)
         tokens = traces.read_tokens(args.tokens)
-        results = traces.replay(energy, tokens, mapping, args.energy, args.tokens)
+        results = traces.replay_traces(energy, tokens, mapping, args.energy, args.tokens)
     except (traces.ReplayError, ValueError) as e:
         print(f"tokenwatt replay: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,9 +26,9 @@ from pydantic import (
 
 from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
 from exporter.logs import clean
-from exporter.model import PodRef
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
+from exporter.values import PodRef
 
 DEFAULT_PORT = 9839
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"

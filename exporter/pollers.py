@@ -26,8 +26,8 @@ import structlog
 
 from exporter.config import EnergyConfig, ServerConfig
 from exporter.energy import EnergyReadError, EnergySource
-from exporter.model import GpuSample, TokenSample
 from exporter.tokens.scraper import ScrapeError, TokenScraper
+from exporter.values import GpuSample, TokenSample
 
 log = structlog.get_logger("tokenwatt")
 

@@ -24,8 +24,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from exporter.accounting.book import Accountant, ModelFigures, ServerFigures
-from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
 from exporter.placement import Holding, Placement
+from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 
 ENERGY_COLUMNS = ("timestamp", "gpu", "energy_joules")
 TOKEN_COLUMNS = ("timestamp", "server", "model", "input_tokens", "output_tokens")
@@ -132,7 +132,7 @@ def parse_map(values: Sequence[str]) -> dict[str, list[str]]:
     return mapping
 
 
-def replay(
+def replay_traces(
     energy: Sequence[GpuSample],
     tokens: Sequence[TokenSample],
     mapping: Mapping[str, Sequence[str]],

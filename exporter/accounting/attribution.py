@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 
-from exporter.accounting.energy import EnergyTrack
+from exporter.accounting.tracks import EnergyTrack
 
 _SHARE_TOLERANCE = 1e-9
 _NO_SHARES: Mapping[str, float] = {}

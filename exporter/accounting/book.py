@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from exporter.accounting.attribution import Claim, GpuLedger
 from exporter.accounting.bands import LoadBands
 from exporter.accounting.cardinality import ModelCap, ModelLimit
-from exporter.accounting.energy import EnergyTrack
 from exporter.accounting.gate import Gate, Rejections
 from exporter.accounting.ledger import Interval, ServerLedger
 from exporter.accounting.split import BLOCK_S as DEFAULT_SPLIT_BLOCK_S
 from exporter.accounting.split import EnergySplit, fit_energy_split
 from exporter.accounting.tariff import Tariff
-from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, TokenSample
+from exporter.accounting.tracks import EnergyTrack
 from exporter.placement import Placement, Share
+from exporter.values import Gpu, GpuActivity, GpuSample, ModelTokens, TokenSample, TokenType
 
 DEFAULT_SPLIT_WINDOW_S = 600.0
 DEFAULT_HOLD_S = 300.0
@@ -45,20 +45,22 @@ class WindowFigures:
     output_tokens: float
     idle_energy_j: float = 0.0
 
-    def joules_per_token(self, token_type: str) -> float | None:
+    def joules_per_token(self, token_type: TokenType) -> float | None:
         """All-in joules per `output`, `input` or `all` tokens (idle included); None without tokens."""
         return _per_token(self.energy_j, self._tokens(token_type))
 
-    def active_joules_per_token(self, token_type: str) -> float | None:
+    def active_joules_per_token(self, token_type: TokenType) -> float | None:
         """Joules per token over the intervals that did work (idle intervals left out)."""
         return _per_token(self.energy_j - self.idle_energy_j, self._tokens(token_type))
 
-    def _tokens(self, token_type: str) -> float:
-        return {
-            "output": self.output_tokens,
-            "input": self.input_tokens,
-            "all": self.input_tokens + self.output_tokens,
-        }[token_type]
+    def _tokens(self, token_type: TokenType) -> float:
+        match token_type:
+            case TokenType.OUTPUT:
+                return self.output_tokens
+            case TokenType.INPUT:
+                return self.input_tokens
+            case TokenType.ALL:
+                return self.input_tokens + self.output_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from exporter.model import ModelTokens
+from exporter.values import ModelTokens
 
 log = structlog.get_logger("tokenwatt")
 

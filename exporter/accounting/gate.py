@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import structlog
 
 from exporter.accounting.cardinality import MAX_LABEL_CHARS
-from exporter.model import GpuSample, ModelTokens
+from exporter.values import GpuSample, ModelTokens
 
 log = structlog.get_logger("tokenwatt")
 

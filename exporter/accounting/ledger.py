@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from exporter.accounting.counters import ResetCounter
 from exporter.accounting.gate import token_limit
-from exporter.model import ModelTokens
+from exporter.values import ModelTokens
 
 
 @dataclass(frozen=True, slots=True)

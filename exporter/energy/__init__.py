@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
+from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
 
 
 class EnergyReadError(Exception):

@@ -19,10 +19,8 @@ from typing import Any
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuSample
+from exporter.values import EnergyMethod, Gpu, GpuSample
 
-COUNTER = "counter"
-POWER_INTEGRATION = "power_integration"
 SANE_RATIO = (0.5, 2.0)
 """Counter power over measured power, outside which the counter is not trusted."""
 _POWER_KEYS = ("current_socket_power", "average_socket_power", "socket_power")
@@ -113,7 +111,7 @@ class AmdSource:
             if check.trusted:
                 self._devices.append(_Device(handle, gpu, None))
             else:
-                integrated = replace(gpu, energy_method=POWER_INTEGRATION)
+                integrated = replace(gpu, energy_method=EnergyMethod.POWER_INTEGRATION)
                 self._devices.append(_Device(handle, integrated, PowerIntegral(self._max_step_s)))
 
     def _check_counters(self, found: list[tuple[Any, Gpu]], check_s: float) -> list[CounterCheck]:

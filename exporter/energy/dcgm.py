@@ -40,8 +40,8 @@ import structlog
 from exporter.config import DcgmConfig
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuActivity, GpuSample
 from exporter.placement import MIG_SLICES_PER_GPU
+from exporter.values import Gpu, GpuActivity, GpuSample
 
 log = structlog.get_logger("tokenwatt.energy")
 

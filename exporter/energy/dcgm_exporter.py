@@ -31,9 +31,9 @@ import aiohttp
 from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError
 from exporter.energy.activity import instance_activity
-from exporter.model import Gpu, GpuActivity, GpuSample
 from exporter.pages.fetch import FetchError, fetch_page
 from exporter.pages.parser import ParseError, parse_samples
+from exporter.values import Gpu, GpuActivity, GpuSample
 
 ENERGY_MJ_NAMES = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "dcgm_total_energy_consumption")
 ENERGY_J_NAMES = ("DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "dcgm_gpu_energy_joules_total")

@@ -32,12 +32,10 @@ from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.activity import PodActivity
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
-from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
+from exporter.values import EnergyMethod, Gpu, GpuActivity, GpuSample, MigDevice
 
 log = structlog.get_logger("tokenwatt.energy")
 
-COUNTER = "counter"
-POWER_INTEGRATION = "power_integration"
 
 _HINTS = {
     "LibraryNotFound": "libnvidia-ml.so.1 not found: run where the NVIDIA driver is installed; in a "
@@ -135,7 +133,7 @@ class NvmlSource:
                 nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             except (nvml.NVMLError_NotSupported, nvml.NVMLError_FunctionNotFound):
                 integral = self._integrals.setdefault(uuid, PowerIntegral(self._max_step_s))
-            method = COUNTER if integral is None else POWER_INTEGRATION
+            method = EnergyMethod.COUNTER if integral is None else EnergyMethod.POWER_INTEGRATION
             devices.append(_Device(handle, Gpu(index, uuid, name, method), integral))
         self._devices = devices
         self.mig_devices = tuple(m for d in devices for m in self._migs(d))

@@ -24,6 +24,7 @@ from exporter.energy.simulated import (
     SimulatedFleet,
     SimulatedSource,
 )
+from exporter.values import EnergyMethod
 
 
 def simulated_fleet(cfg: EnergyConfig, schedule: LoadSchedule | None = None) -> SimulatedFleet:
@@ -84,7 +85,7 @@ async def _open_hardware(name: str, cfg: EnergyConfig) -> EnergySource:
                 trusted=check.trusted,
             )
     for gpu in source.gpus:
-        if gpu.energy_method != "counter":
+        if gpu.energy_method is not EnergyMethod.COUNTER:
             log.warning(
                 "no usable energy counter: integrating power",
                 source=name,

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from exporter.model import Gpu, GpuActivity, GpuSample, MigDevice
 from exporter.placement import MIG_SLICES_PER_GPU, mig_profile_slices
+from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,20 +15,18 @@ from prometheus_client.registry import Collector
 
 from exporter.accounting.book import Snapshot, WindowFigures
 from exporter.exposition.pod_labels import with_pod_labels
-from exporter.model import Gpu, PodRef
-
-TOKEN_TYPES = ("output", "input", "all")
+from exporter.values import Gpu, PodRef, TokenType
 
 
 def positive_ratios(
-    windows: Iterable[WindowFigures], ratio: Callable[[WindowFigures, str], float | None]
-) -> Iterator[tuple[str, str, float]]:
+    windows: Iterable[WindowFigures], ratio: Callable[[WindowFigures, TokenType], float | None]
+) -> Iterator[tuple[TokenType, str, float]]:
     """(token_type, window label, value) of every per-token ratio that has a positive value.
 
     A window without tokens of a type has no ratio, and gets no sample rather than NaN or +Inf.
     """
     for w in windows:
-        for token_type in TOKEN_TYPES:
+        for token_type in TokenType:
             value = ratio(w, token_type)
             if value is not None and value > 0:
                 yield token_type, window_label(w.window_s), value

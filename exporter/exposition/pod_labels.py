@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client.core import Metric
 
-from exporter.model import PodRef
+from exporter.values import PodRef
 
 
 def with_pod_labels(metrics: Iterable[Metric], pods: Mapping[str, PodRef]) -> Iterator[Metric]:

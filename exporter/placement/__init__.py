@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
+from exporter.values import Gpu, GpuActivity, MigDevice, PodRef
 
 _K = TypeVar("_K")
 

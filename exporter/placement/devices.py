@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from exporter.model import Gpu, MigDevice
 from exporter.placement import Holding
+from exporter.values import Gpu, MigDevice
 
 _REPLICA = re.compile(r"(.+)::\d+")
 _OLD_MIG = re.compile(r"mig-(gpu-[0-9a-f-]+)/(\d+)/\d+")

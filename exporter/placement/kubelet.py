@@ -24,7 +24,6 @@ import grpc.aio
 import structlog
 
 from exporter.config import Config
-from exporter.model import Gpu, MigDevice, PodRef
 from exporter.placement import Placement, Unmatched, place_static
 from exporter.placement.podresources.api_pb2 import (
     GetPodResourcesRequest,
@@ -34,6 +33,7 @@ from exporter.placement.podresources.api_pb2 import (
     PodResources,
 )
 from exporter.placement.podresources.api_pb2_grpc import PodResourcesListerStub
+from exporter.values import Gpu, MigDevice, PodRef
 
 log = structlog.get_logger("tokenwatt.placement")
 

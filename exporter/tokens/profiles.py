@@ -20,8 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from exporter.model import ModelTokens
 from exporter.pages.parser import Labels, Sample
+from exporter.values import ModelTokens
 
 
 class ProfileError(Exception):

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from exporter.model import ModelTokens, TokenSample
 from exporter.pages.fetch import FetchError, Page, fetch_page
 from exporter.pages.parser import ParseError, parse_samples, sample_names
 from exporter.tokens.profiles import (
@@ -24,6 +23,7 @@ from exporter.tokens.profiles import (
     detect,
     near_misses,
 )
+from exporter.values import ModelTokens, TokenSample
 
 PROBE_PATHS = ("/metrics", "/v1/metrics", "/prometheus/metrics")
 """Where servers keep their page: most at /metrics, NIM at /v1/metrics, trtllm-serve at

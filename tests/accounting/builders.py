@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from exporter.accounting.book import Accountant
-from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
 from exporter.placement import Holding, Placement
+from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 
 GPU0 = Gpu(0, "GPU-00000000-0000-0000-0000-000000000000", "Test GPU")
 GPU1 = Gpu(1, "GPU-11111111-1111-1111-1111-111111111111", "Test GPU")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.accounting.book import Accountant, ServerFigures, Snapshot
-from exporter.model import ModelTokens, TokenSample
+from exporter.values import ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, GPU1, energy, place, scrape
 
 

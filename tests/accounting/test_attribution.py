@@ -6,8 +6,8 @@ import pytest
 from pytest import approx
 
 from exporter.accounting.attribution import Claim, GpuLedger
-from exporter.accounting.energy import EnergyTrack
-from exporter.model import GpuSample
+from exporter.accounting.tracks import EnergyTrack
+from exporter.values import GpuSample
 from tests.accounting.builders import GPU0
 
 

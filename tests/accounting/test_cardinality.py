@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exporter.accounting.book import Accountant
 from exporter.accounting.cardinality import MAX_LABEL_CHARS, ModelLimit
-from exporter.model import ModelTokens, TokenSample
+from exporter.values import ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, energy, place
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from exporter.accounting.energy import EnergyTrack
-from exporter.model import GpuSample
+from exporter.accounting.tracks import EnergyTrack
+from exporter.values import GpuSample
 from tests.accounting.builders import GPU0
 
 

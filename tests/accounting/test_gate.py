@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.gate import LOG_EVERY_S, MAX_GPU_POWER_W
-from exporter.model import Gpu, GpuSample, ModelTokens, TokenSample
+from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, energy, place, scrape
 
 HOSTILE = st.sampled_from(

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from pytest import approx
 
 from exporter.accounting.book import Accountant, Snapshot
-from exporter.model import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 from exporter.placement import Holding, Placement
+from exporter.values import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 from tests.accounting.builders import GPU0, GPU1
 
 GPUS = (GPU0, GPU1)

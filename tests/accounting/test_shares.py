@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.accounting.book import Accountant
-from exporter.model import GpuActivity, PodRef
 from exporter.placement import Holding, Placement
+from exporter.values import GpuActivity, PodRef
 from tests.accounting.builders import GPU0, energy, scrape
 
 

@@ -15,7 +15,7 @@ from exporter.energy.activity import OUTSIDE_PODS, pod_uid_of
 from exporter.energy.dcgm import DcgmSource
 from exporter.energy.dcgm_exporter import DcgmExporterSource
 from exporter.energy.nvml import NvmlSource
-from exporter.model import MigDevice
+from exporter.values import MigDevice
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 
 SHARED = "GPU-5a1b2c3d-0000-4000-8000-0000000000a1"

@@ -9,8 +9,8 @@ import pytest
 from exporter.config import DcgmExporterConfig
 from exporter.energy import EnergyReadError, RefreshObserving
 from exporter.energy.dcgm_exporter import DcgmExporterSource, parse_page
-from exporter.model import GpuSample
 from exporter.pages.parser import ParseError
+from exporter.values import GpuSample
 from tests.conftest import free_port
 from tests.energy.dcgm_exporter_server import ExporterGpu, ExporterStyle, FakeDcgmExporter, render
 

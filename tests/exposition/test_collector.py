@@ -13,7 +13,7 @@ from exporter.exposition.collector import (
     TokenwattCollector,
     window_label,
 )
-from exporter.model import Gpu
+from exporter.values import Gpu
 
 
 def test_window_labels() -> None:

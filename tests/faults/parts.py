@@ -20,7 +20,7 @@ from aiohttp import web
 
 from exporter.energy import EnergyReadError
 from exporter.energy.simulated import SimulatedSource
-from exporter.model import GpuSample
+from exporter.values import GpuSample
 
 SOURCE_FAULTS = ("ok", "raise", "hang", "slow", "error", "reset", "wedge")
 TARGET_FAULTS = ("ok", "hang", "slow", "garbage", "http_500", "reset")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.nvml import NvmlSource
-from exporter.model import GpuSample
+from exporter.values import GpuSample
 
 TOLERANCE = 0.05
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 
 from exporter.energy import MigReporting
-from exporter.model import Gpu, MigDevice
 from exporter.placement import Holding, Unmatched, place_static
 from exporter.placement.devices import DeviceResolver
+from exporter.values import Gpu, MigDevice
 
 A = "GPU-8f6a1c2e-0b1d-4c3e-9a7f-000000000000"
 B = "GPU-8f6a1c2e-0b1d-4c3e-9a7f-111111111111"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
 from exporter.placement import Holding, Share, Unmatched
 from exporter.placement.kubelet import KubeletError, KubeletRefresher, PodResourcesClient, place
+from exporter.values import Gpu, GpuActivity, MigDevice, PodRef
 from tests.fakes.kubelet import FakeKubelet, FakePod
 
 A = "GPU-0c1a2b3c-0000-4000-8000-00000000000a"
@@ -197,7 +197,7 @@ def test_permission_denied(socket_dir: Path, directory_mode: int, socket_mode: i
         socket_dir.chmod(directory_mode)
         script = (
             "import asyncio, os, pathlib\n"
-            "from exporter.model import PodRef\n"
+            "from exporter.values import PodRef\n"
             "from exporter.placement.kubelet import KubeletRefresher, PodResourcesClient\n"
             "if os.geteuid() == 0:\n"  # imports done as root (Python may live under /root), then drop
             "    os.setgid(65534)\n"

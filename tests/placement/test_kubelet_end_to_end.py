@@ -27,8 +27,8 @@ from exporter.app import Daemon
 from exporter.config import validate_config
 from exporter.demo import ServedCounters, SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet
-from exporter.model import Gpu, GpuSample, MigDevice
 from exporter.placement import Holding
+from exporter.values import Gpu, GpuSample, MigDevice
 from tests.conftest import require_tool
 from tests.fakes.kubelet import FakeKubelet, FakePod
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from exporter.config import ConfigError, validate_config
-from exporter.model import PodRef
+from exporter.values import PodRef
 
 URL = "http://127.0.0.1:8000/metrics"
 

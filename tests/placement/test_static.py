@@ -9,8 +9,8 @@ import pytest
 from pytest import approx
 
 from exporter.config import ConfigError, validate_config
-from exporter.model import Gpu, GpuActivity, MigDevice, PodRef
 from exporter.placement import SHARE_METHODS, Holding, Share, Unmatched, mig_profile_slices, place_static
+from exporter.values import Gpu, GpuActivity, MigDevice, PodRef
 
 GPUS = [Gpu(i, f"GPU-aaaa-{i}", "H100") for i in range(4)]
 MIGS = [

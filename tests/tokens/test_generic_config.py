@@ -7,9 +7,9 @@ from typing import Any, get_args
 import pytest
 
 from exporter.config import ConfigError, ServerKind, known_kinds, validate_config
-from exporter.model import ModelTokens
 from exporter.tokens.profiles import PROFILES, ServerProfile
 from exporter.tokens.scraper import read_page
+from exporter.values import ModelTokens
 
 
 def server(**fields: Any) -> dict[str, Any]:

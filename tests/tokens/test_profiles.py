@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.model import ModelTokens
 from exporter.tokens.profiles import PROFILES, Timing, generic_profile, series
 from exporter.tokens.scraper import PageReading, ScrapeError, read_page
+from exporter.values import ModelTokens
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

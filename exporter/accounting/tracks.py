@@ -18,7 +18,7 @@ from collections import deque
 
 from exporter.accounting.counters import ResetCounter
 from exporter.accounting.gate import energy_limit_j
-from exporter.model import Gpu, GpuSample
+from exporter.values import Gpu, GpuSample
 
 
 class EnergyTrack:

@@ -10,6 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EnergyMethod(StrEnum):
+    """How a GPU's energy is known."""
+
+    COUNTER = "counter"
+    """The GPU's own cumulative energy counter."""
+    POWER_INTEGRATION = "power_integration"
+    """Integrated power readings, where the GPU has no usable counter."""
+
+
+class TokenType(StrEnum):
+    """Which tokens a per-token figure divides by (the `token_type` label)."""
+
+    OUTPUT = "output"
+    INPUT = "input"
+    ALL = "all"
+    """Input and output together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +39,7 @@ class Gpu:
     uuid: str
     model: str
     """Product name, e.g. "NVIDIA H100 80GB HBM3"."""
-    energy_method: str = "counter"
-    """How its energy is known: `counter` (the GPU's own energy counter) or `power_integration`
-    (integrated power readings, where the GPU has no usable counter)."""
+    energy_method: EnergyMethod = EnergyMethod.COUNTER
     pci_bus_id: str | None = None
     """PCI address `DOMAIN:BUS:DEVICE.FUNCTION` where the source reports it: AMD's device plugin names
     GPUs by it."""
