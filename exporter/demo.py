@@ -21,8 +21,13 @@ from prometheus_client.registry import Collector
 
 from exporter.app import Daemon
 from exporter.config import Config, validate_config
-from exporter.energy.select import simulated_fleet
-from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, LoadTotals, SimulatedSource
+from exporter.energy.simulated import (
+    DEFAULT_PHASES,
+    LoadSchedule,
+    LoadTotals,
+    SimulatedSource,
+    simulated_fleet,
+)
 
 DEMO_MODEL = "demo-llama-8b"
 DEMO_SERVER = "demo-vllm"

@@ -24,6 +24,7 @@ from typing import Protocol
 import aiohttp
 import structlog
 
+from exporter.backoff import backoff_s
 from exporter.config import EnergyConfig, ServerConfig
 from exporter.energy import EnergyReadError, EnergySource
 from exporter.tokens.scraper import ScrapeError, TokenScraper
@@ -31,7 +32,6 @@ from exporter.values import GpuSample, TokenSample
 
 log = structlog.get_logger("tokenwatt")
 
-MAX_BACKOFF_S = 30.0
 STALE_INTERVALS = 5
 """The energy source counts as stale when it produced no reading for this many intervals."""
 GRACE_S = 1.0
@@ -40,13 +40,6 @@ BESIDE_SCRAPE_WAIT_S = 0.05
 """The longest a scrape waits for the energy read just before it; a slower read finishes on its own."""
 CRASHES_TO_GIVE_UP = 3
 """A poller gives up only after at least this many crashes in a row (and `crash_exit_s`)."""
-
-
-def backoff_s(interval_s: float, failures: int) -> float:
-    """The wait after `failures` consecutive failures: doubling from the interval, capped."""
-    if failures <= 0:
-        return interval_s
-    return min(interval_s * 2.0 ** min(failures, 16), max(interval_s, MAX_BACKOFF_S))
 
 
 class Poller(Protocol):

@@ -231,7 +231,7 @@ async def test_a_dcgm_exporter_that_serves_garbage_or_freezes_is_down_not_up_wit
     energy = {"source": "dcgm_exporter", "interval": "100ms",
               "dcgm_exporter": {"url": url, "collect_interval": "300ms"}}  # fmt: skip
     config = validate_config({"listen": "127.0.0.1:0", "energy": energy})
-    daemon = Daemon(config, DcgmExporterSource.open(config.energy.dcgm_exporter))
+    daemon = Daemon(config, await DcgmExporterSource.open(config.energy))
     stop = asyncio.Event()
     listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(daemon.run(stop, listening.set_result))

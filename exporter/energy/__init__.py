@@ -9,9 +9,13 @@ which `tokenwatt run` reports as one line per source tried and exit code 2.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
+
+D = TypeVar("D")
 
 
 class EnergyReadError(Exception):
@@ -20,6 +24,33 @@ class EnergyReadError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def error_reason(e: Exception, library: str) -> str:
+    """A library's error class as the `reason` label of a failed read: `NVMLError_GpuIsLost` of
+    library `NVML` is `gpu_is_lost`, its base class `NVMLError` is `nvml_error`."""
+    name = type(e).__name__.removeprefix(f"{library}Error").lstrip("_")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() if name else f"{library.lower()}_error"
+
+
+def gpu_read_error(gpu: Gpu, reason: str, detail: object) -> EnergyReadError:
+    """A failed read of one GPU, saying which."""
+    return EnergyReadError(reason, f"GPU {gpu.index} ({gpu.uuid}): {detail}")
+
+
+def read_each(devices: Sequence[D], read: Callable[[D], GpuSample]) -> list[tuple[D, GpuSample]]:
+    """Each device with its sample; a device whose read fails is left out, unless every one fails:
+    then the first failure is raised, so a source that reads nothing is a failed read."""
+    read_ok: list[tuple[D, GpuSample]] = []
+    failure: EnergyReadError | None = None
+    for device in devices:
+        try:
+            read_ok.append((device, read(device)))
+        except EnergyReadError as e:
+            failure = failure or e
+    if failure is not None and not read_ok:
+        raise failure
+    return read_ok
 
 
 class EnergySourceUnavailable(Exception):
@@ -43,6 +74,11 @@ class EnergySource(Protocol):
     @property
     def name(self) -> str:
         """The value of the `source` label (`simulated`, `nvml`, ...)."""
+        ...
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        """The GPUs the source reads, as known now (a scraped exporter knows them from its pages)."""
         ...
 
     @property

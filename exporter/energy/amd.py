@@ -16,11 +16,15 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
-from exporter.energy import EnergyReadError, EnergySourceUnavailable
+import structlog
+
+from exporter.config import EnergyConfig
+from exporter.energy import EnergySourceUnavailable, gpu_read_error, read_each
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
 from exporter.values import EnergyMethod, Gpu, GpuSample
 
+log = structlog.get_logger("tokenwatt.energy")
 SANE_RATIO = (0.5, 2.0)
 """Counter power over measured power, outside which the counter is not trusted."""
 _POWER_KEYS = ("current_socket_power", "average_socket_power", "socket_power")
@@ -79,10 +83,13 @@ class AmdSource:
         self.checks: list[CounterCheck] = []
 
     @classmethod
-    async def open(cls, max_step_s: float, check_s: float = 0.5) -> AmdSource:
-        """Initialise amdsmi, find the GPUs and check their counters over `check_s` seconds."""
+    async def open(cls, cfg: EnergyConfig, check_s: float = 0.5) -> AmdSource:
+        """Initialise amdsmi, find the GPUs and check their counters over `check_s` seconds.
+
+        Power is integrated over steps up to `cfg.gap_limit_s` (see `PowerIntegral`).
+        """
         amdsmi = import_amdsmi()
-        source = cls(amdsmi, max_step_s)
+        source = cls(amdsmi, cfg.gap_limit_s)
         try:
             await source._thread.call(source._start, check_s)
         except amdsmi.AmdSmiException as e:
@@ -91,6 +98,15 @@ class AmdSource:
         if not source._devices:
             await source.close()
             raise EnergySourceUnavailable.of("amd", "amdsmi works but sees no AMD GPU")
+        for check in source.checks:
+            log.info(
+                "energy counter check",
+                source=cls.name,
+                gpu=check.gpu.index,
+                counter_watts=round(check.counter_w, 1),
+                measured_watts=round(check.measured_w, 1),
+                trusted=check.trusted,
+            )
         return source
 
     @property
@@ -149,16 +165,7 @@ class AmdSource:
         return await self._thread.call(self._read)
 
     def _read(self) -> list[GpuSample]:
-        samples: list[GpuSample] = []
-        failure: EnergyReadError | None = None
-        for device in self._devices:
-            try:
-                samples.append(self._read_device(device))
-            except EnergyReadError as e:
-                failure = failure or e
-        if failure is not None and not samples:
-            raise failure
-        return samples
+        return [sample for _, sample in read_each(self._devices, self._read_device)]
 
     def _read_device(self, device: _Device) -> GpuSample:
         gpu = device.gpu
@@ -169,11 +176,8 @@ class AmdSource:
                 energy_j = self._energy_uj(device.handle) / 1e6
                 return GpuSample(gpu, (before + time.time()) / 2.0, energy_j, power_w)
         except self._amdsmi.AmdSmiException as e:
-            raise EnergyReadError("amdsmi_error", f"GPU {gpu.index} ({gpu.uuid}): {e}") from None
-        if power_w is None:
-            raise EnergyReadError("no_power", f"GPU {gpu.index} ({gpu.uuid}): no power reading to integrate")
-        t = (before + time.time()) / 2.0
-        return GpuSample(gpu, t, device.integral.add(t, power_w), power_w)
+            raise gpu_read_error(gpu, "amdsmi_error", e) from None
+        return device.integral.sample(gpu, (before + time.time()) / 2.0, power_w)
 
     async def close(self) -> None:
         smi = self._amdsmi

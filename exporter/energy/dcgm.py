@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,8 +36,9 @@ from typing import Any
 
 import structlog
 
-from exporter.config import DcgmConfig
-from exporter.energy import EnergyReadError, EnergySourceUnavailable
+from exporter.backoff import backoff_s
+from exporter.config import DcgmConfig, EnergyConfig
+from exporter.energy import EnergyReadError, EnergySourceUnavailable, error_reason
 from exporter.energy.library_thread import LibraryThread
 from exporter.placement import MIG_SLICES_PER_GPU
 from exporter.values import Gpu, GpuActivity, GpuSample
@@ -58,7 +58,6 @@ GR_ENGINE_ACTIVE = 1001
 INT64_BLANK = 0x7FFFFFFFFFFFFFF0
 FP64_BLANK = 2.0**47
 DCGM_ST_OK = 0
-RECONNECT_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +99,6 @@ def _import_bindings() -> Bindings:
         structs=importlib.import_module("dcgm_structs"),
         fields=importlib.import_module("dcgm_fields"),
     )
-
-
-def error_reason(e: Exception) -> str:
-    """`DCGMError_ConnectionNotValid` -> `connection_not_valid`: the `reason` label of a failed read."""
-    name = type(e).__name__.removeprefix("DCGMError").lstrip("_") or "dcgm_error"
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _text(value: bytes | str) -> str:
@@ -152,10 +145,11 @@ class DcgmSource:
 
     @classmethod
     async def open(
-        cls, cfg: DcgmConfig, interval_s: float, monotonic: Callable[[], float] = time.monotonic
+        cls, cfg: EnergyConfig, monotonic: Callable[[], float] = time.monotonic
     ) -> DcgmSource:
-        """Connect and watch; `EnergySourceUnavailable` says what is missing and how to fix it."""
-        source = cls(find_bindings(cfg.bindings_path), cfg, interval_s, monotonic)
+        """Connect to `cfg.dcgm` and watch every `cfg.interval`; `EnergySourceUnavailable` says what
+        is missing and how to fix it."""
+        source = cls(find_bindings(cfg.dcgm.bindings_path), cfg.dcgm, cfg.interval, monotonic)
         try:
             await source._thread.call(source._start)
         except source._b.structs.DCGMError as e:
@@ -267,9 +261,8 @@ class DcgmSource:
                 handle, group, fields, int(self._interval_s * 1_000_000), max(30.0, 10 * self._interval_s), 0
             )
         except b.structs.DCGMError as e:
-            log.warning(
-                "no MIG instance activity", reason=error_reason(e), error=str(e), instances=len(instances)
-            )
+            reason = error_reason(e, "DCGM")
+            log.warning("no MIG instance activity", reason=reason, error=str(e), instances=len(instances))
             return []
         return instances
 
@@ -292,7 +285,7 @@ class DcgmSource:
                 raise EnergyReadError(
                     "connection_lost", f"lost the connection to nv-hostengine at {self.where}: {e}"
                 ) from None
-            raise EnergyReadError(error_reason(e), f"reading DCGM fields: {e}") from None
+            raise EnergyReadError(error_reason(e, "DCGM"), f"reading DCGM fields: {e}") from None
         latest: dict[tuple[int, int], tuple[float, float]] = {}
         for v in values:
             if v.status != DCGM_ST_OK:
@@ -352,9 +345,8 @@ class DcgmSource:
             self._connect()
         except self._b.structs.DCGMError as e:
             self._failed_connects += 1
-            backoff = min(RECONNECT_MAX_S, self._interval_s * 2.0 ** (self._failed_connects - 1))
-            self._retry_at = now + backoff
-            raise EnergyReadError(error_reason(e), self._explain(e)) from None
+            self._retry_at = now + backoff_s(self._interval_s, self._failed_connects - 1)
+            raise EnergyReadError(error_reason(e, "DCGM"), self._explain(e)) from None
         self._failed_connects = 0
         self._retry_at = 0.0
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from exporter.config import DcgmExporterConfig
+from exporter.config import DcgmExporterConfig, EnergyConfig
 from exporter.energy import EnergyReadError
 from exporter.energy.activity import instance_activity
 from exporter.pages.fetch import FetchError, fetch_page
@@ -141,8 +141,13 @@ class DcgmExporterSource:
         """MIG instances' activity on the latest page (`DCGM_FI_PROF_GR_ENGINE_ACTIVE`)."""
 
     @classmethod
-    def open(cls, cfg: DcgmExporterConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
-        return cls(cfg, aiohttp.ClientSession(auto_decompress=True), clock)
+    async def open(cls, cfg: EnergyConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
+        """Scrape `cfg.dcgm_exporter`; its GPUs are known from the first page read."""
+        return cls(cfg.dcgm_exporter, aiohttp.ClientSession(auto_decompress=True), clock)
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        return tuple(sorted((t.gpu for t in self._tracked.values()), key=lambda g: g.index))
 
     @property
     def refresh_period_s(self) -> float | None:

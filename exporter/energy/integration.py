@@ -7,6 +7,9 @@ runs at the wrong rate). Samples carry `method="power_integration"` so users can
 
 from __future__ import annotations
 
+from exporter.energy import gpu_read_error
+from exporter.values import Gpu, GpuSample
+
 
 class PowerIntegral:
     """Cumulative energy of one GPU by the trapezoid rule over its power readings.
@@ -32,3 +35,9 @@ class PowerIntegral:
         self._t = t
         self._power_w = power_w
         return self.energy_j
+
+    def sample(self, gpu: Gpu, t: float, power_w: float | None) -> GpuSample:
+        """The GPU's sample at `t` from a power reading; a failed read where there is none."""
+        if power_w is None:
+            raise gpu_read_error(gpu, "no_power", "no power reading to integrate")
+        return GpuSample(gpu, t, self.add(t, power_w), power_w)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Any
 
 import structlog
 
-from exporter.energy import EnergyReadError, EnergySourceUnavailable
+from exporter.config import EnergyConfig
+from exporter.energy import EnergyReadError, EnergySourceUnavailable, error_reason, gpu_read_error, read_each
 from exporter.energy.activity import PodActivity
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
@@ -67,12 +67,6 @@ def import_pynvml() -> ModuleType:
         ) from None
 
 
-def error_reason(e: Exception) -> str:
-    """`NVMLError_GpuIsLost` -> `gpu_is_lost`: the `reason` label of a failed read."""
-    name = type(e).__name__.removeprefix("NVMLError").lstrip("_") or "nvml_error"
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
 class NvmlSource:
     """Reads every GPU NVML sees, one call at a time in the source's own thread."""
 
@@ -98,13 +92,13 @@ class NvmlSource:
         """The MIG devices of MIG-enabled GPUs, as found at start-up (see `MigReporting`)."""
 
     @classmethod
-    async def open(cls, max_step_s: float) -> NvmlSource:
+    async def open(cls, cfg: EnergyConfig) -> NvmlSource:
         """Initialise NVML and find the GPUs; `EnergySourceUnavailable` says why it cannot be used.
 
-        `max_step_s`: the longest step over which power is integrated (see `PowerIntegral`).
+        Power is integrated over steps up to `cfg.gap_limit_s` (see `PowerIntegral`).
         """
         nvml = import_pynvml()
-        source = cls(nvml, LibraryThread("nvml"), max_step_s)
+        source = cls(nvml, LibraryThread("nvml"), cfg.gap_limit_s)
         try:
             await source._thread.call(source._start)
         except nvml.NVMLError as e:
@@ -166,7 +160,8 @@ class NvmlSource:
                 )
         except nvml.NVMLError as e:
             # Energy is read per physical GPU all the same; only MIG device IDs go unresolved.
-            log.warning("MIG devices not listed", gpu=device.gpu.index, reason=error_reason(e), error=str(e))
+            reason = error_reason(e, "NVML")
+            log.warning("MIG devices not listed", gpu=device.gpu.index, reason=reason, error=str(e))
             return []
         return found
 
@@ -182,25 +177,21 @@ class NvmlSource:
             try:
                 self._start()
             except nvml.NVMLError as e:
-                raise EnergyReadError(error_reason(e), f"NVML could not be initialised again: {e}") from None
+                reason = error_reason(e, "NVML")
+                raise EnergyReadError(reason, f"NVML could not be initialised again: {e}") from None
             self._stale = False
-        samples: list[GpuSample] = []
-        failures: list[EnergyReadError] = []
+        try:
+            read_ok = read_each(self._devices, self._read_device)
+        except EnergyReadError:
+            self._stale = True
+            raise
         activity: list[GpuActivity] = []
-        for device in self._devices:
-            try:
-                samples.append(self._read_device(device))
-            except EnergyReadError as e:
-                failures.append(e)
-                continue
+        for device, sample in read_ok:
             pods = self._read_pods(device)
             if pods:
-                activity.append(GpuActivity(device.gpu.uuid, samples[-1].t, pods=pods))
-        if failures and not samples:
-            self._stale = True
-            raise failures[0]
+                activity.append(GpuActivity(device.gpu.uuid, sample.t, pods=pods))
         self.activity = tuple(activity)
-        return samples
+        return [sample for _, sample in read_ok]
 
     def _read_pods(self, device: _Device) -> dict[str, float]:
         """The pods' SM activity on the GPU since the previous read; empty where NVML has none."""
@@ -213,7 +204,7 @@ class NvmlSource:
         except nvml.NVMLError_NotFound:
             pass  # no process sampled since the last read
         except nvml.NVMLError as e:
-            error = error_reason(e)
+            error = error_reason(e, "NVML")
         if error != device.activity_error:
             gpu = device.gpu
             if error is None:
@@ -246,20 +237,18 @@ class NvmlSource:
                 return GpuSample(gpu, t, energy_mj / 1000.0, power_w)
             power_w, power_t = self._power(device)
         except nvml.NVMLError as e:
-            raise EnergyReadError(error_reason(e), f"GPU {gpu.index} ({gpu.uuid}): {e}") from None
-        if power_w is None or power_t is None:
-            raise EnergyReadError("no_power", f"GPU {gpu.index} ({gpu.uuid}): no power reading to integrate")
-        return GpuSample(gpu, power_t, device.integral.add(power_t, power_w), power_w)
+            raise gpu_read_error(gpu, error_reason(e, "NVML"), e) from None
+        return device.integral.sample(gpu, power_t, power_w)
 
-    def _power(self, device: _Device) -> tuple[float | None, float | None]:
-        """Instant power (W) and the instant NVML read it, or (None, None) where it has none."""
+    def _power(self, device: _Device) -> tuple[float | None, float]:
+        """Instant power (W), or None where it has none, and the instant NVML read it."""
         nvml = self._nvml
         before = time.time()
         [value] = nvml.nvmlDeviceGetFieldValues(device.handle, [nvml.NVML_FI_DEV_POWER_INSTANT])
-        if value.nvmlReturn != nvml.NVML_SUCCESS:
-            return None, None
         # `timestamp` is µs since 1970 by the host clock; some drivers leave it 0.
         t = value.timestamp / 1e6 if value.timestamp > 0 else (before + time.time()) / 2.0
+        if value.nvmlReturn != nvml.NVML_SUCCESS:
+            return None, t
         return value.value.uiVal / 1000.0, t
 
     async def close(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from exporter.config import EnergyConfig
 from exporter.placement import MIG_SLICES_PER_GPU, mig_profile_slices
 from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
 
@@ -257,6 +258,17 @@ class SharedFleet:
         return me.work_j(t1) - me.work_j(t0) + idle_j
 
 
+def simulated_fleet(cfg: EnergyConfig, schedule: LoadSchedule | None = None) -> SimulatedFleet:
+    """The fleet `energy.simulated` describes; by default under `DEFAULT_PHASES` from now."""
+    sim = cfg.simulated
+    return SimulatedFleet(
+        gpus=sim.gpus,
+        schedule=schedule or LoadSchedule(DEFAULT_PHASES, start=time.time()),
+        power=PowerModel(sim.idle_watts, sim.joules_per_input_token, sim.joules_per_output_token),
+        gpu_model=sim.gpu_model,
+    )
+
+
 class SimulatedSource:
     """The `simulated` energy source: reads a simulated fleet at the clock's current instant.
 
@@ -273,6 +285,15 @@ class SimulatedSource:
         self._last_t: float | None = None
         self.activity: tuple[GpuActivity, ...] = ()
         self.mig_devices: tuple[MigDevice, ...] = fleet.mig_devices if isinstance(fleet, SharedFleet) else ()
+
+    @classmethod
+    async def open(cls, cfg: EnergyConfig) -> SimulatedSource:
+        """The fleet `cfg.simulated` describes, under the built-in load schedule from now."""
+        return cls(simulated_fleet(cfg))
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        return self.fleet.gpus
 
     async def read(self) -> list[GpuSample]:
         t = self._clock()

@@ -15,8 +15,7 @@ import time
 from exporter.app import Daemon, serve_until_signalled
 from exporter.config import CarbonConfig, EnergySplitConfig, PricingConfig
 from exporter.demo import SimulatedVllmServer, demo_config
-from exporter.energy.select import simulated_fleet
-from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedSource
+from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedSource, simulated_fleet
 
 PRICING = PricingConfig(price_per_kwh=0.25, currency="EUR")
 CARBON = CarbonConfig(grams_per_kwh=350.0)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DcgmConfig, DcgmExporterConfig
+from exporter.config import EnergyConfig
 from exporter.energy import ActivityReporting, EnergyReadError, MigReporting
 from exporter.energy.activity import OUTSIDE_PODS, pod_uid_of
 from exporter.energy.dcgm import DcgmSource
@@ -65,7 +65,7 @@ async def test_nvml_sums_each_pods_processes_and_keeps_the_rest_unattributed(
         (201, T0_US + 150_000, 35),
         (301, T0_US + 150_000, 5),
     ]
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     source._proc = proc
     try:
         assert isinstance(source, ActivityReporting)
@@ -92,7 +92,7 @@ async def test_nvml_falls_back_to_the_older_call_and_needs_the_host_pid_namespac
     gpu = fake_nvml.FakeGpu(SHARED, process_samples=[(101, T0_US + 1, 60), (201, T0_US + 2, 20)])
     fake_nvml.DRIVER.gpus = [gpu]
     fake_nvml.DRIVER.processes_utilization_info = False  # a driver before 550
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     source._proc = proc
     try:
         await source.read()
@@ -100,7 +100,7 @@ async def test_nvml_falls_back_to_the_older_call_and_needs_the_host_pid_namespac
         assert "nvmlDeviceGetProcessUtilization" in fake_nvml.DRIVER.calls
 
         # Without the host's /proc no PID maps to a pod: no activity (shares fall back), not zeros.
-        blind = await NvmlSource.open(max_step_s=5.0)
+        blind = await NvmlSource.open(EnergyConfig())
         blind._proc = tmp_path / "empty"
         await blind.read()
         assert blind.activity == ()
@@ -124,7 +124,7 @@ async def test_dcgm_exporter_gives_each_mig_instance_its_part_of_the_gpu() -> No
         ]
     )
     runner, url = await exporter.start()
-    source = DcgmExporterSource.open(DcgmExporterConfig.model_validate({"url": url}))
+    source = await DcgmExporterSource.open(EnergyConfig.model_validate({"dcgm_exporter": {"url": url}}))
     try:
         assert isinstance(source, ActivityReporting)
         await source.read()
@@ -148,7 +148,7 @@ async def test_nvml_lists_the_mig_devices_of_mig_enabled_gpus(fake_nvml: ModuleT
         ),
         fake_nvml.FakeGpu("GPU-5a1b2c3d-0000-4000-8000-0000000000a3", mig_capable=True),  # MIG off
     ]
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     try:
         assert isinstance(source, MigReporting)
         assert source.mig_devices == (
@@ -179,7 +179,7 @@ def _mig_host(engine: Any, profiling: bool = True) -> None:
 
 async def test_dcgm_watches_each_mig_instances_engine_and_weights_it_by_slices(fake_dcgm: Any) -> None:
     _mig_host(fake_dcgm)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     try:
         assert isinstance(source, ActivityReporting)
         fake_dcgm.sample()
@@ -205,7 +205,7 @@ async def test_dcgm_watches_each_mig_instances_engine_and_weights_it_by_slices(f
 
 async def test_dcgm_without_profiling_reads_energy_and_no_activity(fake_dcgm: Any) -> None:
     _mig_host(fake_dcgm, profiling=False)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     try:
         fake_dcgm.sample()
         assert len(await source.read()) == 2

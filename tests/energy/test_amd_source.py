@@ -8,6 +8,7 @@ from types import ModuleType
 
 import pytest
 
+from exporter.config import EnergyConfig
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.amd import AmdSource
 
@@ -21,7 +22,7 @@ async def test_counter_in_joules_after_a_passing_check(fake_amdsmi: ModuleType) 
         fake_amdsmi.FakeGpu(MI300X_0, power_w=150.0),
         fake_amdsmi.FakeGpu(MI300X_1, bdf="0000:e1:00.0", power_w=400.0),
     ]
-    source = await AmdSource.open(max_step_s=5.0, check_s=0.1)
+    source = await AmdSource.open(EnergyConfig(), check_s=0.1)
     assert [c.trusted for c in source.checks] == [True, True]
     assert source.checks[1].counter_w == pytest.approx(400.0, rel=0.05)
     at = smi.started + 10.0
@@ -42,7 +43,7 @@ async def test_counter_in_joules_after_a_passing_check(fake_amdsmi: ModuleType) 
 async def test_a_counter_at_the_wrong_rate_falls_back_to_power_integration(fake_amdsmi: ModuleType) -> None:
     smi = fake_amdsmi.SMI
     smi.gpus = [fake_amdsmi.FakeGpu(MI300X_0, power_w=200.0, counter_rate=15.0)]
-    source = await AmdSource.open(max_step_s=5.0, check_s=0.1)
+    source = await AmdSource.open(EnergyConfig(), check_s=0.1)
     [check] = source.checks
     assert not check.trusted
     assert check.counter_w == pytest.approx(3000.0, rel=0.05)
@@ -57,7 +58,7 @@ async def test_a_counter_at_the_wrong_rate_falls_back_to_power_integration(fake_
 
 async def test_no_gpu_is_unavailable(fake_amdsmi: ModuleType) -> None:
     with pytest.raises(EnergySourceUnavailable) as unavailable:
-        await AmdSource.open(max_step_s=5.0, check_s=0.01)
+        await AmdSource.open(EnergyConfig(), check_s=0.01)
     assert unavailable.value.problems == ["amd: amdsmi works but sees no AMD GPU"]
 
 
@@ -66,6 +67,6 @@ async def test_real_amdsmi_without_rocm_is_unavailable(monkeypatch: pytest.Monke
     if importlib.util.find_spec("amdsmi") is None:
         monkeypatch.setitem(sys.modules, "amdsmi", None)  # an import that fails, as without the package
     with pytest.raises(EnergySourceUnavailable) as unavailable:
-        await AmdSource.open(max_step_s=5.0)
+        await AmdSource.open(EnergyConfig())
     [problem] = unavailable.value.problems
     assert problem.startswith("amd: amdsmi is not importable (needs libamd_smi.so): install ROCm")

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from exporter.config import DcgmExporterConfig
+from exporter.config import EnergyConfig
 from exporter.energy import EnergyReadError, RefreshObserving
 from exporter.energy.dcgm_exporter import DcgmExporterSource, parse_page
 from exporter.pages.parser import ParseError
@@ -45,7 +45,8 @@ async def serve() -> AsyncIterator[Serve]:
 
 
 async def open_source(url: str, clock: Callable[[], float], **cfg: object) -> DcgmExporterSource:
-    return DcgmExporterSource.open(DcgmExporterConfig.model_validate({"url": url, **cfg}), clock)
+    settings = {"dcgm_exporter": {"url": url, **cfg}}
+    return await DcgmExporterSource.open(EnergyConfig.model_validate(settings), clock)
 
 
 async def baseline_then_refresh(exporter: FakeDcgmExporter, source: DcgmExporterSource) -> list[GpuSample]:

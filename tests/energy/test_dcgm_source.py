@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DcgmConfig
+from exporter.config import DcgmConfig, EnergyConfig
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.dcgm import DcgmSource, find_bindings
 from tests.energy.conftest import DCGM_BINDINGS
@@ -40,7 +40,7 @@ def two_gpus(engine: Any) -> Any:
 
 async def test_reads_energy_with_dcgms_own_timestamps(fake_dcgm: Any) -> None:
     two_gpus(fake_dcgm)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     fake_dcgm.clock.t = 1_700_000_001.5
     fake_dcgm.sample()
     fake_dcgm.clock.t = 1_700_000_009.0  # reading later does not move the instant
@@ -61,7 +61,7 @@ async def test_reads_energy_with_dcgms_own_timestamps(fake_dcgm: Any) -> None:
 
 async def test_blank_and_failed_values_are_no_reading_never_zero(fake_dcgm: Any) -> None:
     two_gpus(fake_dcgm)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     fake_dcgm.blank = {(1, 156), (0, 155)}
     fake_dcgm.sample()
     [sample] = await source.read()
@@ -79,7 +79,7 @@ async def test_unsupported_fields_are_left_out(fake_dcgm: Any) -> None:
     hostengine = two_gpus(fake_dcgm)
     fake_dcgm.gpus[0].energy_mj = hostengine.INT64_NOT_SUPPORTED  # a GPU before Volta
     fake_dcgm.gpus[1].instant_power_w = hostengine.FP64_NOT_SUPPORTED  # field 157 before DCGM 3.2
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     samples = await source.read()
     await source.close()
     assert [(s.gpu.uuid, s.energy_j, s.power_w) for s in samples] == [(H100_1, 1.0, 69.75)]
@@ -88,7 +88,7 @@ async def test_unsupported_fields_are_left_out(fake_dcgm: Any) -> None:
 async def test_host_engine_restart_reconnects_with_bounded_backoff_and_watches_again(fake_dcgm: Any) -> None:
     two_gpus(fake_dcgm)
     monotonic = Clock(100.0)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0, monotonic=monotonic)
+    source = await DcgmSource.open(EnergyConfig(), monotonic=monotonic)
     assert len(await source.read()) == 2
     fake_dcgm.stop()
     with pytest.raises(EnergyReadError) as failed:
@@ -119,7 +119,7 @@ async def test_host_engine_restart_reconnects_with_bounded_backoff_and_watches_a
 
 async def test_a_counter_reset_reads_as_the_lower_value(fake_dcgm: Any) -> None:
     two_gpus(fake_dcgm)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=0.5)
+    source = await DcgmSource.open(EnergyConfig.model_validate({"interval": "500ms"}))
     fake_dcgm.gpus[0].energy_mj = 42  # the driver was reloaded
     fake_dcgm.clock.t += 1
     fake_dcgm.sample()
@@ -131,7 +131,7 @@ async def test_a_counter_reset_reads_as_the_lower_value(fake_dcgm: Any) -> None:
 
 async def test_every_binding_call_runs_in_one_worker_thread(fake_dcgm: Any) -> None:
     two_gpus(fake_dcgm)
-    source = await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig())
     for _ in range(3):
         await source.read()
     await source.close()
@@ -162,7 +162,7 @@ async def test_host_engine_address_or_embedded(
     fake_dcgm: Any, cfg: DcgmConfig, connected: list[str], call: str
 ) -> None:
     two_gpus(fake_dcgm)
-    source = await DcgmSource.open(cfg, interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig(dcgm=cfg))
     assert len(await source.read()) == 2
     await source.close()
     assert fake_dcgm.connects == connected
@@ -196,7 +196,7 @@ async def test_start_up_failures_say_what_to_install_or_start(
     for key, value in breakage.items():
         setattr(fake_dcgm, key, value)
     with pytest.raises(EnergySourceUnavailable) as unavailable:
-        await DcgmSource.open(DcgmConfig(), interval_s=1.0)
+        await DcgmSource.open(EnergyConfig())
     assert unavailable.value.problems == [expected]
 
 
@@ -207,7 +207,7 @@ async def test_bindings_from_the_configured_path(dcgm_bindings_clean: None) -> N
     assert Path(found.pydcgm.__file__ or "").parent == DCGM_BINDINGS
     engine = importlib.import_module("fake_hostengine").ENGINE
     two_gpus(engine)
-    source = await DcgmSource.open(source_cfg, interval_s=1.0)
+    source = await DcgmSource.open(EnergyConfig(dcgm=source_cfg))
     assert len(await source.read()) == 2
     await source.close()
 

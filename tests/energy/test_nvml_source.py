@@ -8,8 +8,9 @@ from types import ModuleType
 
 import pytest
 
-from exporter.energy import EnergyReadError, EnergySourceUnavailable
-from exporter.energy.nvml import NvmlSource, error_reason
+from exporter.config import EnergyConfig
+from exporter.energy import EnergyReadError, EnergySourceUnavailable, error_reason
+from exporter.energy.nvml import NvmlSource
 
 H100 = "GPU-5a1b2c3d-0000-4000-8000-000000000001"
 V100 = "GPU-5a1b2c3d-0000-4000-8000-000000000002"
@@ -29,7 +30,7 @@ async def test_reads_energy_in_joules_and_instant_power_in_watts(fake_nvml: Modu
         fake_nvml.FakeGpu(V100, name="Tesla V100-SXM2-16GB", energy_mj=1_000, power_mw=45_250),
     )
     driver.clock = lambda: 1_700_000_000.25
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     try:
         samples = await source.read()
     finally:
@@ -54,7 +55,7 @@ async def test_pre_volta_gpu_integrates_instant_power_and_says_so(fake_nvml: Mod
     )
     now = [1_700_000_000.0]
     driver.clock = lambda: now[0]
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     energies = []
     for power_mw in (100_000, 200_000, 200_000):
         driver.gpus[0].power_mw = power_mw
@@ -76,7 +77,7 @@ async def test_one_lost_gpu_is_left_out_and_all_lost_is_an_error_with_reason(fak
     driver = machine(
         fake_nvml, fake_nvml.FakeGpu(H100, energy_mj=5_000), fake_nvml.FakeGpu(V100, energy_mj=7_000)
     )
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     driver.gpus[0].lost = True
     samples = await source.read()
     assert [(s.gpu.uuid, s.energy_j) for s in samples] == [(V100, 7.0)]
@@ -89,7 +90,7 @@ async def test_one_lost_gpu_is_left_out_and_all_lost_is_an_error_with_reason(fak
 
 async def test_driver_reload_reinitialises_and_the_counter_restarts(fake_nvml: ModuleType) -> None:
     driver = machine(fake_nvml, fake_nvml.FakeGpu(H100, energy_mj=900_000))
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     [before] = await source.read()
     assert before.energy_j == 900.0
     driver.reload_driver()
@@ -106,7 +107,7 @@ async def test_driver_reload_reinitialises_and_the_counter_restarts(fake_nvml: M
 
 async def test_missing_power_field_leaves_power_unknown_not_zero(fake_nvml: ModuleType) -> None:
     machine(fake_nvml, fake_nvml.FakeGpu(H100, energy_mj=10_000, power_supported=False))
-    source = await NvmlSource.open(max_step_s=5.0)
+    source = await NvmlSource.open(EnergyConfig())
     [sample] = await source.read()
     assert (sample.energy_j, sample.power_w) == (10.0, None)
     await source.close()
@@ -126,16 +127,16 @@ async def test_unusable_nvml_is_unavailable_with_a_fix(
     for key, value in setup.items():
         setattr(fake_nvml.DRIVER, key, value)
     with pytest.raises(EnergySourceUnavailable) as unavailable:
-        await NvmlSource.open(max_step_s=5.0)
+        await NvmlSource.open(EnergyConfig())
     [problem] = unavailable.value.problems
     assert problem.startswith("nvml: ")
     assert expected in problem
 
 
 def test_error_reasons_are_snake_case_names_of_the_error(fake_nvml: ModuleType) -> None:
-    assert error_reason(fake_nvml.NVMLError(fake_nvml.NVML_ERROR_GPU_IS_LOST)) == "gpu_is_lost"
-    assert error_reason(fake_nvml.NVMLError(fake_nvml.NVML_ERROR_NOT_SUPPORTED)) == "not_supported"
-    assert error_reason(fake_nvml.NVMLError(12345)) == "nvml_error"
+    assert error_reason(fake_nvml.NVMLError(fake_nvml.NVML_ERROR_GPU_IS_LOST), "NVML") == "gpu_is_lost"
+    assert error_reason(fake_nvml.NVMLError(fake_nvml.NVML_ERROR_NOT_SUPPORTED), "NVML") == "not_supported"
+    assert error_reason(fake_nvml.NVMLError(12345), "NVML") == "nvml_error"
 
 
 async def test_real_nvidia_ml_py_without_a_driver_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +154,7 @@ async def test_real_nvidia_ml_py_without_a_driver_is_unavailable(monkeypatch: py
         real.nvmlShutdown()
         pytest.skip("this machine has an NVIDIA driver; tests/gpu/ covers it")
     with pytest.raises(EnergySourceUnavailable) as unavailable:
-        await NvmlSource.open(max_step_s=5.0)
+        await NvmlSource.open(EnergyConfig())
     assert unavailable.value.problems == [
         "nvml: libnvidia-ml.so.1 not found: run where the NVIDIA driver is installed; in a container use "
         "the NVIDIA runtime with NVIDIA_DRIVER_CAPABILITIES including utility"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, get_args
 
 import aiohttp
 import pytest
@@ -16,13 +16,41 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
-from exporter.config import EnergyConfig, validate_config
-from exporter.energy import EnergySourceUnavailable
-from exporter.energy.select import open_source
+from exporter.config import EnergyConfig, EnergySourceName, validate_config
+from exporter.energy import EnergySource, EnergySourceUnavailable
+from exporter.energy.select import AUTO_ORDER, SOURCES, open_source
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 
 GPU_A = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141516"
 GPU_B = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141517"
+
+
+def test_the_config_allows_exactly_the_registered_sources() -> None:
+    assert sorted(get_args(EnergySourceName)) == sorted(["auto", *(s.name for s in SOURCES)])
+    assert AUTO_ORDER == ("dcgm", "nvml", "amd")
+
+
+async def test_every_registered_source_opens_from_the_config_alone(
+    fake_dcgm: Any, fake_nvml: ModuleType, fake_amdsmi: ModuleType
+) -> None:
+    import fake_hostengine
+
+    fake_dcgm.gpus = [fake_hostengine.FakeGpu(GPU_A, energy_mj=7_000)]
+    fake_nvml.DRIVER.gpus = [fake_nvml.FakeGpu(GPU_A, energy_mj=7_000)]
+    fake_amdsmi.SMI.gpus = [fake_amdsmi.FakeGpu(GPU_A)]
+    simulated = EnergyConfig.model_validate({"simulated": {"gpus": 1}}).simulated
+    opened = {}
+    for entry in SOURCES:
+        source: EnergySource = await open_source(EnergyConfig(source=entry.name, simulated=simulated))
+        opened[entry.name] = (source.name, [g.uuid for g in source.gpus])
+        await source.close()
+    assert opened == {
+        "dcgm": ("dcgm", [GPU_A]),
+        "nvml": ("nvml", [GPU_A]),
+        "amd": ("amd", [GPU_A]),
+        "dcgm_exporter": ("dcgm_exporter", []),  # its GPUs are known from the first page it reads
+        "simulated": ("simulated", ["GPU-00000000-0000-4000-8000-000000000000"]),
+    }
 
 
 def no_nvidia_gpu_here() -> bool:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from exporter.app import Daemon, serve_until_signalled
 from exporter.config import load_config
-from exporter.energy.select import simulated_fleet
-from exporter.energy.simulated import SimulatedSource
+from exporter.energy.simulated import SimulatedSource, simulated_fleet
 from exporter.logs import configure_logging
 from tests.faults.parts import FaultySource
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from exporter.energy import EnergyReadError
 from exporter.energy.simulated import SimulatedSource
-from exporter.values import GpuSample
+from exporter.values import Gpu, GpuSample
 
 SOURCE_FAULTS = ("ok", "raise", "hang", "slow", "error", "reset", "wedge")
 TARGET_FAULTS = ("ok", "hang", "slow", "garbage", "http_500", "reset")
@@ -38,6 +38,10 @@ class FaultySource:
         self.slow_s = slow_s
         self.reads = 0
         self._offset_j = 0.0
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        return self.inner.gpus
 
     async def read(self) -> list[GpuSample]:
         self.reads += 1

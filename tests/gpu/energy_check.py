@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from exporter.config import EnergyConfig
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.nvml import NvmlSource
 from exporter.values import GpuSample
@@ -95,7 +96,7 @@ def _load(stop: threading.Event) -> str:
 async def measure(
     seconds: float = 5.0, warmup_s: float = 1.0, poll_s: float = 0.02
 ) -> tuple[str, list[EnergyCheck]]:
-    source = await NvmlSource.open(max_step_s=1.0)
+    source = await NvmlSource.open(EnergyConfig.model_validate({"gap_limit": "1s"}))
     stop = threading.Event()
     load = _load(stop)
     try:
