@@ -8,9 +8,9 @@ page it times, best of several rounds:
 
 - `prometheus_client.parser.text_string_to_metric_families` reading the whole page (what a
   general-purpose scraper does);
-- `read_page(text, "vllm")`: the targeted parser plus the vLLM profile, as every scrape after the
+- `read_page(text, VLLM)`: the targeted parser plus the vLLM profile, as every scrape after the
   first runs;
-- `read_page(text, "auto")`: the same with detection, as the first scrape runs.
+- `read_page(text, None)`: the same with detection, as the first scrape runs.
 
 Then it measures the CPU time per scrape of the daemon's whole scrape path (`TokenScraper.scrape`:
 HTTP GET over loopback, parse, profile) against a server in a child process, so that only the
@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from exporter.tokens.profiles import VLLM  # noqa: E402
 from exporter.tokens.scraper import TokenScraper, read_page  # noqa: E402
 
 REAL_PAGE = ROOT / "tests" / "fixtures" / "vllm-0.32.0-cpu.metrics.txt"
@@ -136,7 +137,7 @@ def scrape_cpu_ms(page: str, scrapes: int) -> float:
     async def run() -> float:
         async with aiohttp.ClientSession() as session:
             scraper = TokenScraper(
-                "bench", f"http://127.0.0.1:{port}/metrics", "auto", session, 30.0, 64 << 20
+                "bench", f"http://127.0.0.1:{port}/metrics", None, session, 30.0, 64 << 20
             )
             await scraper.scrape()  # detection and connection set-up, not counted
             start = time.process_time()
@@ -168,10 +169,10 @@ def main() -> None:
     ]
     print(f"Python {platform.python_version()} on {platform.machine()}, {platform.processor() or 'cpu'}")
     for title, text, scrapes in pages:
-        assert read_page(text, "vllm").models, "the page must read"
+        assert read_page(text, VLLM).models, "the page must read"
         full = best_of(lambda text=text: list(text_string_to_metric_families(text)), args.repeat)  # type: ignore[misc]
-        steady = best_of(lambda text=text: read_page(text, "vllm"), args.repeat)  # type: ignore[misc]
-        first = best_of(lambda text=text: read_page(text, "auto"), args.repeat)  # type: ignore[misc]
+        steady = best_of(lambda text=text: read_page(text, VLLM), args.repeat)  # type: ignore[misc]
+        first = best_of(lambda text=text: read_page(text, None), args.repeat)  # type: ignore[misc]
         cpu = scrape_cpu_ms(text, scrapes)
         print(f"\n{title}")
         print(f"  prometheus_client full parse   {full * 1000:9.2f} ms")

@@ -24,7 +24,8 @@ from exporter.accounting.bands import LoadBands
 from exporter.accounting.book import Accountant, Snapshot
 from exporter.accounting.cardinality import ModelLimit
 from exporter.accounting.tariff import Tariff
-from exporter.config import Config, ConfigError, ServerConfig, load_config
+from exporter.config import Config, ConfigError, ServerConfig
+from exporter.config_file import load_config
 from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
     Health,
@@ -61,7 +62,7 @@ def tariff_of(config: Config) -> Tariff:
 def _pod_of(server: ServerConfig) -> PodRef:
     """The pod a server runs in, as placement splits shared GPUs by it: the kubelet's namespace and
     name where the server names its pod, and its UID where known (which per-process activity names)."""
-    pod = server.pod_ref or PodRef("", "")
+    pod = PodRef.named(server.pod) if server.pod is not None else PodRef("", "")
     return PodRef(pod.namespace, pod.name, server.pod_uid)
 
 
@@ -154,7 +155,7 @@ class Daemon:
                 if (k := self.kubelet)
                 else None
             ),
-            pods=tuple((s.name, pod) for s in self.config.servers if (pod := s.pod_ref) is not None),
+            pods=tuple((s.name, PodRef.named(s.pod)) for s in self.config.servers if s.pod is not None),
         )
         return self.accountant.snapshot(self._clock()), health
 
@@ -286,7 +287,7 @@ class Daemon:
             return  # the kubelet answered before the first energy reading: no GPU to resolve against yet
         migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
         servers = self.config.servers
-        static = {s.name: s.gpus for s in servers if s.pod_ref is None}
+        static = {s.name: s.gpus for s in servers if s.pod is None}
         pods = {s.name: _pod_of(s) for s in servers if s.pod is not None or s.pod_uid}
         devices = self.kubelet.devices if self.kubelet else {}
         placement, unmatched = place(static, pods, devices, seen, migs)
@@ -364,7 +365,7 @@ class Daemon:
         for name in after.keys() - before.keys():
             self.accountant.add_server(name, ModelLimit(after[name].max_models, after[name].model_expiry))
         if self.kubelet is not None:  # servers that are pods: the ones of the new config
-            self.kubelet.pods = {s.name: pod for s in new.servers if (pod := s.pod_ref) is not None}
+            self.kubelet.pods = {s.name: PodRef.named(s.pod) for s in new.servers if s.pod is not None}
             self.kubelet.wake()
         self._place(set(self._gpus), force=True)
         for name, server in after.items():

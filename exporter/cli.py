@@ -15,7 +15,8 @@ import aiohttp
 from exporter import __version__
 from exporter import replay as traces
 from exporter.app import Daemon, serve_until_signalled
-from exporter.config import DEFAULT_PORT, ConfigError, load_config, parse_duration, validate_listen
+from exporter.config import DEFAULT_PORT, ConfigError, parse_duration, validate_listen
+from exporter.config_file import load_config
 from exporter.demo import run_demo
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.select import open_source
@@ -176,7 +177,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         if target.startswith(("http://", "https://")):
             source, reading = asyncio.run(_probe_url(target, parse_duration(args.timeout)))
         else:
-            source, reading = target, read_page(Path(target).read_text(encoding="utf-8"), "auto")
+            source, reading = target, read_page(Path(target).read_text(encoding="utf-8"), None)
     except ScrapeError as e:
         _say(f"tokenwatt probe: {e}")
         return 1

@@ -1,7 +1,10 @@
-"""YAML configuration to typed, validated settings.
+"""The configuration's typed, validated settings.
 
 Every error names the field (as a path such as `servers[1].interval`), the value found and what is
-allowed, so `tokenwatt check-config` can print one actionable line per problem.
+allowed, so `tokenwatt check-config` can print one actionable line per problem. This module imports
+nothing else of tokenwatt: every layer may read its settings, and what the settings mean (a server
+kind's profile, an energy source's driver) is decided where that layer lives. Reading the file is
+`exporter.config_file`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -19,16 +22,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
-
-from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
-from exporter.logs import clean
-from exporter.safe_yaml import YamlInputError, load_yaml_file
-from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
-from exporter.values import PodRef
 
 DEFAULT_PORT = 9839
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -44,8 +40,8 @@ _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 MIN_DURATION_S = 0.001
 MAX_DURATION_S = 31 * 86400.0
-MAX_PROBLEM_CHARS = 500
-"""An error line shows at most this much of what the file holds."""
+DEFAULT_MAX_MODELS = 64
+DEFAULT_MODEL_EXPIRY_S = 600.0
 
 _SHOW = reprlib.Repr()
 _SHOW.maxstring = _SHOW.maxother = 80
@@ -208,10 +204,15 @@ def _gpu_selector(value: object) -> int | str:
 
 
 GpuSelector = Annotated[int | str, BeforeValidator(_gpu_selector)]
+AUTO_KIND = "auto"
+"""`servers[].kind` that has the kind detected from the server's first page."""
+GENERIC_KIND = "generic"
+"""`servers[].kind` of a server read through the families its `generic:` mapping names."""
 ServerKind = Literal[
     "auto", "vllm", "sglang", "tgi", "llamacpp", "triton", "trtllm", "nim", "lmdeploy", "ray", "aphrodite",
     "dynamo", "generic",
 ]
+"""`auto`, `generic` and the kinds of `exporter.tokens.profiles.PROFILES` (a test keeps them in step)."""
 
 
 def _server_name(value: object) -> str:
@@ -268,9 +269,6 @@ class GenericSeriesConfig(_Strict):
     where: dict[LabelName, str] = Field(default_factory=dict)
     """Only samples carrying every one of these label values count."""
 
-    def series(self) -> Series:
-        return Series(self.name, tuple(sorted(self.where.items())))
-
 
 GenericSeriesList = list[Annotated[GenericSeriesConfig, BeforeValidator(_series_entry)]]
 
@@ -285,17 +283,6 @@ class GenericConfig(_Strict):
     running: GenericSeriesList = Field(default_factory=list)
     cached_input_tokens: GenericSeriesList = Field(default_factory=list)
     replica_labels: list[LabelName] = Field(default_factory=list)
-
-    def profile(self) -> ServerProfile:
-        return generic_profile(
-            model_label=self.model_label,
-            input_tokens=[s.series() for s in self.input_tokens],
-            output_tokens=[s.series() for s in self.output_tokens],
-            requests=[s.series() for s in self.requests],
-            running=[s.series() for s in self.running],
-            cached_input_tokens=[s.series() for s in self.cached_input_tokens],
-            replica_labels=self.replica_labels,
-        )
 
 
 POD_UID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -335,14 +322,6 @@ class ServerConfig(_Strict):
     """UID of the Kubernetes pod the server runs in (Downward API `metadata.uid`): matches the
     server to its pod's processes, so a GPU it shares whole is split by measured activity. With
     kubelet placement, the pod named by POD_NAMESPACE/POD_NAME takes it from POD_UID when not given."""
-
-    @property
-    def pod_ref(self) -> PodRef | None:
-        """The pod as the kubelet names it (namespace and name); None for a server that is no pod."""
-        if self.pod is None:
-            return None
-        namespace, name = self.pod.split("/")
-        return PodRef(namespace, name)
     max_models: int = Field(DEFAULT_MAX_MODELS, ge=1, le=10_000)
     """Models of this server taken into the accounting; more are dropped (and counted)."""
     model_expiry: Duration = DEFAULT_MODEL_EXPIRY_S
@@ -362,11 +341,6 @@ class ServerConfig(_Strict):
         if self.generic is not None and self.kind != GENERIC_KIND:
             raise ValueError(f"generic: is only read with kind: generic, but kind is {self.kind!r}")
         return self
-
-    @property
-    def token_kind(self) -> str | ServerProfile:
-        """How the scraper reads the page: `auto`, a built-in kind, or the generic profile."""
-        return self.generic.profile() if self.generic is not None else self.kind
 
 
 class KubeletConfig(_Strict):
@@ -501,51 +475,3 @@ class Config(_Strict):
         if not self.windows:
             raise ValueError("windows must list at least one duration")
         return self
-
-
-def load_config(path: Path) -> Config:
-    """Read and validate a YAML config file; raise `ConfigError` listing every problem."""
-    try:
-        data = load_yaml_file(path)
-    except YamlInputError as e:
-        raise ConfigError([clean(str(e), MAX_PROBLEM_CHARS)]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of keys, got {type(data).__name__}"])
-    config = validate_config(data)
-    if config.web_config_file is not None and not config.web_config_file.is_absolute():
-        config = config.model_copy(update={"web_config_file": path.parent / config.web_config_file})
-    return config
-
-
-def validate_config(data: dict[str, Any]) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError([clean(_problem(err), MAX_PROBLEM_CHARS) for err in e.errors()]) from None
-
-
-def _problem(err: Any) -> str:
-    path = ""
-    for part in err["loc"]:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" not in str(part) and part not in ("int", "str", "float"):  # pydantic's type tags
-            path += f".{part}" if path else str(part)
-    message = str(err["msg"]).removeprefix("Value error, ")
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key (check its spelling and its place in the file)"
-    if kind == "literal_error":
-        return f"{path}: {show(err['input'])} is not allowed; {message[0].lower()}{message[1:]}"
-    if kind in ("missing",):
-        return f"{path}: required, but missing"
-    where = path or "config"
-    if kind.startswith(("value_error", "assertion_error")) or "input" not in err:
-        return f"{where}: {message}"
-    return f"{where}: {message} (got {show(err['input'])})"
-
-
-def known_kinds() -> list[str]:
-    return ["auto", *PROFILES, GENERIC_KIND]

@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.app import Daemon
-from exporter.config import Config, validate_config
+from exporter.config import Config
+from exporter.config_file import validate_config
 from exporter.energy.simulated import (
     DEFAULT_PHASES,
     LoadSchedule,

@@ -27,6 +27,7 @@ import structlog
 from exporter.backoff import backoff_s
 from exporter.config import EnergyConfig, ServerConfig
 from exporter.energy import EnergyReadError, EnergySource
+from exporter.tokens.profiles import server_profile
 from exporter.tokens.scraper import ScrapeError, TokenScraper
 from exporter.values import GpuSample, TokenSample
 
@@ -291,7 +292,7 @@ class TargetPoller:
         self.server = server
         self.component = f"target:{server.name}"
         self._scraper = TokenScraper(
-            server.name, server.url, server.token_kind, session, server.timeout, server.max_page_bytes
+            server.name, server.url, server_profile(server), session, server.timeout, server.max_page_bytes
         )
         self._energy = energy
         self._on_tokens = on_tokens

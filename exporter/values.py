@@ -121,6 +121,12 @@ class PodRef:
     name: str
     uid: str | None = None
 
+    @classmethod
+    def named(cls, pod: str) -> PodRef:
+        """The pod `NAMESPACE/NAME` (as `servers[].pod` names it)."""
+        namespace, name = pod.split("/")
+        return cls(namespace, name)
+
 
 @dataclass(frozen=True, slots=True)
 class GpuActivity:

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, parse_duration, validate_config
+import exporter.config
+from exporter.config import ConfigError, parse_duration
+from exporter.config_file import load_config, validate_config
+
+
+def test_the_settings_module_imports_nothing_else_of_tokenwatt() -> None:
+    tree = ast.parse(Path(exporter.config.__file__).read_text(encoding="utf-8"))
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert "pydantic" in imported
+    assert [m for m in imported if m.split(".")[0] == "exporter"] == []
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Daemon
-from exporter.config import validate_config
+from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet, SimulatedSource
 from tests.conftest import require_tool

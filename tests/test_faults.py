@@ -17,7 +17,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from exporter.app import EXIT_CRASHING, Daemon
-from exporter.config import EnergyConfig, ServerConfig, validate_config
+from exporter.config import EnergyConfig, ServerConfig
+from exporter.config_file import validate_config
 from exporter.energy.dcgm_exporter import DcgmExporterSource
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
 from exporter.pollers import EnergyPoller, TargetPoller

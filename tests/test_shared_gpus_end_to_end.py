@@ -13,7 +13,7 @@ import time
 import pytest
 
 from exporter.app import Daemon
-from exporter.config import validate_config
+from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, SharedFleet, SharedGpu, SimulatedSource, Tenant
 from tests.test_end_to_end import get_text, samples, serving, value

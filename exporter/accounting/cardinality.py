@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from exporter.config import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
 from exporter.values import ModelTokens
 
 log = structlog.get_logger("tokenwatt")
 
 MAX_LABEL_CHARS = 128
-DEFAULT_MAX_MODELS = 64
-DEFAULT_MODEL_EXPIRY_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,12 @@ log = structlog.get_logger("tokenwatt.energy")
 
 @dataclass(frozen=True, slots=True)
 class Registered:
-    """One energy source: its `energy.source` name, how it opens, whether `auto` tries it."""
+    """One energy source: its `energy.source` name and how it opens."""
 
     name: str
     open: Callable[[EnergyConfig], Awaitable[EnergySource]]
     auto: bool
+    """A library that reads this machine's GPUs: `auto` tries it, and opening it logs the GPUs found."""
 
 
 SOURCES = (
@@ -69,7 +70,9 @@ async def open_source(cfg: EnergyConfig) -> EnergySource:
 
 async def _open(entry: Registered, cfg: EnergyConfig) -> EnergySource:
     source = await entry.open(cfg)
-    log.info("energy source", source=entry.name, gpus=[f"{g.index}:{g.uuid}:{g.model}" for g in source.gpus])
+    if entry.auto:
+        gpus = [f"{g.index}:{g.uuid}:{g.model}" for g in source.gpus]
+        log.info("energy source", source=entry.name, gpus=gpus)
     for gpu in source.gpus:
         if gpu.energy_method is not EnergyMethod.COUNTER:
             log.warning(

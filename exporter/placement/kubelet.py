@@ -278,7 +278,7 @@ def place(
 
 def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefresher | None:
     """The refresher of a config's pods; None with static placement or no server that is a pod."""
-    pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
+    pods = {s.name: PodRef.named(s.pod) for s in config.servers if s.pod is not None}
     if config.placement.source != "kubelet" or not pods:
         return None
     k = config.placement.kubelet

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from exporter.config import AUTO_KIND, GENERIC_KIND, GenericConfig, GenericSeriesConfig, ServerConfig
 from exporter.pages.parser import Labels, Sample
 from exporter.values import ModelTokens
 
@@ -397,8 +398,6 @@ PROFILES: dict[str, ServerProfile] = {
 }
 """Every built-in server kind, by the name used in `servers[].kind`."""
 
-GENERIC_KIND = "generic"
-
 
 def generic_profile(
     *,
@@ -429,6 +428,32 @@ def generic_profile(
         running=quantity(running, None),
         cached_input_tokens=quantity(cached_input_tokens, None),
         replica_labels=tuple(replica_labels),
+    )
+
+
+def server_profile(server: ServerConfig) -> ServerProfile | None:
+    """The profile a server's page is read with; None where the kind is detected from the page."""
+    if server.generic is not None:
+        return configured_profile(server.generic)
+    if server.kind == AUTO_KIND:
+        return None
+    return PROFILES[server.kind]
+
+
+def configured_profile(cfg: GenericConfig) -> ServerProfile:
+    """The profile of `kind: generic`: the families its `generic:` mapping names."""
+
+    def terms(entries: Sequence[GenericSeriesConfig]) -> list[Series]:
+        return [Series(e.name, tuple(sorted(e.where.items()))) for e in entries]
+
+    return generic_profile(
+        model_label=cfg.model_label,
+        input_tokens=terms(cfg.input_tokens),
+        output_tokens=terms(cfg.output_tokens),
+        requests=terms(cfg.requests),
+        running=terms(cfg.running),
+        cached_input_tokens=terms(cfg.cached_input_tokens),
+        replica_labels=cfg.replica_labels,
     )
 
 

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from exporter.config import AUTO_KIND
 from exporter.pages.fetch import FetchError, Page, fetch_page
 from exporter.pages.parser import ParseError, parse_samples, sample_names
 from exporter.tokens.profiles import (
-    PROFILES,
     ProfileError,
     ServerProfile,
     Timing,
@@ -54,16 +54,15 @@ async def fetch_server_page(
         raise ScrapeError(e.reason, _hinted(e, url)) from None
 
 
-def read_page(text: str, kind: str | ServerProfile) -> PageReading:
-    """Parse a page and map it through a profile: `kind` names one, is one, or is `auto`."""
+def read_page(text: str, profile: ServerProfile | None) -> PageReading:
+    """Parse a page and map it through `profile`, or with None the profile detected from the page."""
     try:
-        if kind == "auto":
+        if profile is None:
             samples = parse_samples(text, all_sample_names())
             profile = detect(samples)
             wanted = profile.sample_names()
             samples = [s for s in samples if s.name in wanted]
         else:
-            profile = profile_for(kind)
             samples = parse_samples(text, profile.sample_names())
         counts = profile.extract(samples)
     except ParseError as e:
@@ -74,15 +73,6 @@ def read_page(text: str, kind: str | ServerProfile) -> PageReading:
             message += _what_the_page_has(text)
         raise ScrapeError(e.reason, message) from None
     return PageReading(profile, counts.models, counts.input_timing, counts.output_timing)
-
-
-def profile_for(kind: str | ServerProfile) -> ServerProfile:
-    if isinstance(kind, ServerProfile):
-        return kind
-    try:
-        return PROFILES[kind]
-    except KeyError:
-        raise ValueError(f"unknown server kind {kind!r}; known: auto, {', '.join(PROFILES)}") from None
 
 
 async def probe(
@@ -102,7 +92,7 @@ async def probe(
     for candidate in candidates:
         try:
             page = await fetch_server_page(session, candidate, timeout_s, max_bytes)
-            return candidate, read_page(page.text, "auto")
+            return candidate, read_page(page.text, None)
         except ScrapeError as e:
             failures.append(e)
             if e.reason in ("timeout", "connection"):  # the host, not the path: other paths fail alike
@@ -113,20 +103,20 @@ async def probe(
 
 
 class TokenScraper:
-    """Scrapes one server. With `kind="auto"` the kind is detected once and then kept."""
+    """Scrapes one server. Without a profile the kind is detected from the first page and then kept."""
 
     def __init__(
         self,
         server: str,
         url: str,
-        kind: str | ServerProfile,
+        profile: ServerProfile | None,
         session: aiohttp.ClientSession,
         timeout_s: float,
         max_bytes: int,
     ) -> None:
         self.server = server
         self.url = url
-        self._profile = None if kind == "auto" else profile_for(kind)
+        self._profile = profile
         self._session = session
         self._timeout_s = timeout_s
         self._max_bytes = max_bytes
@@ -134,11 +124,11 @@ class TokenScraper:
     @property
     def kind(self) -> str:
         """The server's kind, `auto` until a page has shown it."""
-        return self._profile.kind if self._profile else "auto"
+        return self._profile.kind if self._profile else AUTO_KIND
 
     async def scrape(self) -> list[TokenSample]:
         page = await fetch_server_page(self._session, self.url, self._timeout_s, self._max_bytes)
-        reading = read_page(page.text, self._profile or "auto")
+        reading = read_page(page.text, self._profile)
         self._profile = reading.profile
         return [TokenSample(server=self.server, t=page.t, tokens=m) for m in reading.models]
 

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
-from exporter.config import EnergyConfig, EnergySourceName, validate_config
+from exporter.config import EnergyConfig, EnergySourceName
+from exporter.config_file import validate_config
 from exporter.energy import EnergySource, EnergySourceUnavailable
 from exporter.energy.select import AUTO_ORDER, SOURCES, open_source
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter

@@ -15,7 +15,7 @@ import bcrypt
 import pytest
 
 from exporter.app import Daemon
-from exporter.config import load_config
+from exporter.config_file import load_config
 from exporter.energy.select import open_source
 from exporter.exposition import web_config
 from exporter.exposition.web_config import (

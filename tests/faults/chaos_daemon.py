@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from exporter.app import Daemon, serve_until_signalled
-from exporter.config import load_config
+from exporter.config_file import load_config
 from exporter.energy.simulated import SimulatedSource, simulated_fleet
 from exporter.logs import configure_logging
 from tests.faults.parts import FaultySource

@@ -18,7 +18,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Daemon
-from exporter.config import validate_config
+from exporter.config_file import validate_config
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
 from exporter.logs import configure_logging
 from tests.faults.parts import FaultySource, FaultyTarget

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from exporter.app import Daemon
-from exporter.config import load_config
+from exporter.config_file import load_config
 from exporter.energy.select import open_source
 from exporter.exposition.web_config import load_web_config
 from tests.conftest import require_tool

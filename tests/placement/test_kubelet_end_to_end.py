@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
-from exporter.config import validate_config
+from exporter.config_file import validate_config
 from exporter.demo import ServedCounters, SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet
 from exporter.placement import Holding

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from exporter.config import ConfigError, validate_config
-from exporter.values import PodRef
+from exporter.config import ConfigError
+from exporter.config_file import validate_config
 
 URL = "http://127.0.0.1:8000/metrics"
 
@@ -34,7 +34,7 @@ def test_defaults_are_static_and_the_kubelet_socket(monkeypatch: pytest.MonkeyPa
     assert c.placement.kubelet.socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     assert c.placement.kubelet.interval == 10.0
     assert c.placement.kubelet.timeout == 5.0
-    assert c.servers[0].pod_ref is None
+    assert c.servers[0].pod is None
 
 
 def test_pods_and_kubelet_settings() -> None:
@@ -46,8 +46,8 @@ def test_pods_and_kubelet_settings() -> None:
             resources=["nvidia.com/a100"],
         )
     )
-    assert c.servers[0].pod_ref == PodRef("llm", "vllm-0")
-    assert c.servers[1].pod_ref is None
+    assert c.servers[0].pod == "llm/vllm-0"
+    assert c.servers[1].pod is None
     assert c.placement.kubelet.socket == Path("/run/pr/kubelet.sock")
     assert c.placement.kubelet.interval == 30.0
     assert c.placement.kubelet.resources == ["nvidia.com/a100"]
@@ -101,13 +101,13 @@ def test_a_bare_server_is_the_pod_of_the_downward_api(monkeypatch: pytest.Monkey
         {"name": "c", "url": URL, "gpus": [0]},
     ]
     c = validate_config(config(servers))
-    assert [s.pod_ref for s in c.servers] == [PodRef("llm", "vllm-7f9c-xk2p"), PodRef("other", "pod-1"), None]
+    assert [s.pod for s in c.servers] == ["llm/vllm-7f9c-xk2p", "other/pod-1", None]
     # POD_UID is the UID of the Downward API's pod only; a configured pod_uid wins over it.
     assert [s.pod_uid for s in c.servers] == [UID, None, None]
     own = validate_config(config([{"name": "a", "url": URL, "pod_uid": OTHER_UID}]))
     assert own.servers[0].pod_uid == OTHER_UID
     # Static placement ignores the environment: the server keeps every GPU, as before.
-    assert validate_config(config(servers[:1], source="static")).servers[0].pod_ref is None
+    assert validate_config(config(servers[:1], source="static")).servers[0].pod is None
 
 
 def test_a_bare_server_without_the_downward_api_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pytest import approx
 
-from exporter.config import ConfigError, validate_config
+from exporter.config import ConfigError
+from exporter.config_file import validate_config
 from exporter.placement import SHARE_METHODS, Holding, Share, Unmatched, mig_profile_slices, place_static
 from exporter.values import Gpu, GpuActivity, MigDevice, PodRef
 

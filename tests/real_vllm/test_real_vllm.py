@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Daemon
-from exporter.config import validate_config
+from exporter.config_file import validate_config
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
 from tests.conftest import UNDER_CI
 from tests.real_vllm.vllm_server import CompletionUsage, VLLMServer

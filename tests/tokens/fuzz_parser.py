@@ -31,9 +31,9 @@ def one_input(data: bytes) -> None:
         assert e.line_no >= 1 and e.reason
     else:
         assert all(s.name in NAMES and isinstance(s.value, float) for s in samples)
-    for kind in ("auto", *PROFILES):
+    for profile in (None, *PROFILES.values()):
         try:
-            reading = read_page(text, kind)
+            reading = read_page(text, profile)
         except ScrapeError as e:
             assert e.reason
         else:

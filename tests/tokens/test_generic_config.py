@@ -6,8 +6,9 @@ from typing import Any, get_args
 
 import pytest
 
-from exporter.config import ConfigError, ServerKind, known_kinds, validate_config
-from exporter.tokens.profiles import PROFILES, ServerProfile
+from exporter.config import AUTO_KIND, GENERIC_KIND, ConfigError, ServerKind
+from exporter.config_file import validate_config
+from exporter.tokens.profiles import PROFILES, ServerProfile, server_profile
 from exporter.tokens.scraper import read_page
 from exporter.values import ModelTokens
 
@@ -22,9 +23,16 @@ def problems(**fields: Any) -> list[str]:
     return e.value.problems
 
 
-def test_every_kind_is_accepted_and_nothing_else() -> None:
-    assert sorted(get_args(ServerKind)) == sorted(known_kinds()) == sorted(["auto", "generic", *PROFILES])
-    assert validate_config(server(kind="aphrodite")).servers[0].token_kind == "aphrodite"
+def test_the_config_accepts_every_profile_kind_and_nothing_else() -> None:
+    assert sorted(get_args(ServerKind)) == sorted([AUTO_KIND, GENERIC_KIND, *PROFILES])
+    assert problems(kind="mystery")[0].startswith("servers[0].kind: 'mystery' is not allowed")
+
+
+def test_the_tokens_layer_resolves_each_kind_to_its_profile() -> None:
+    for kind, profile in PROFILES.items():
+        assert server_profile(validate_config(server(kind=kind)).servers[0]) is profile
+    assert server_profile(validate_config(server(kind="auto")).servers[0]) is None  # detected from the page
+    assert server_profile(validate_config(server()).servers[0]) is None
 
 
 def test_a_generic_mapping_becomes_a_profile_that_reads_the_page() -> None:
@@ -44,8 +52,8 @@ def test_a_generic_mapping_becomes_a_profile_that_reads_the_page() -> None:
             },
         )
     )
-    profile = config.servers[0].token_kind
-    assert isinstance(profile, ServerProfile)
+    profile = server_profile(config.servers[0])
+    assert isinstance(profile, ServerProfile) and profile.kind == GENERIC_KIND
     page = (
         'llm_tokens_total{model="m",rank="0",type="prompt"} 10\n'
         'llm_tokens_total{model="m",rank="1",type="prompt"} 10\n'

@@ -29,10 +29,10 @@ def tokens(
     return ModelTokens(model, input_tokens, output_tokens, requests, running, cached)
 
 
-def read(text: str, kind: str = "auto") -> PageReading:
-    reading = read_page(text, kind)
-    if kind == "auto":  # detection and an explicit kind must agree
-        assert read_page(text, reading.profile.kind) == reading
+def read(text: str) -> PageReading:
+    """The page read with its kind detected; reading it with that kind's profile must agree."""
+    reading = read_page(text, None)
+    assert read_page(text, reading.profile) == reading
     return reading
 
 
@@ -91,7 +91,7 @@ def test_captured_pages(name: str, kind: str, models: list[ModelTokens]) -> None
 )
 def test_captured_pages_without_token_counters_say_what_they_have(name: str, clue: str) -> None:
     with pytest.raises(ScrapeError) as e:
-        read_page(fixture(name), "auto")
+        read_page(fixture(name), None)
     assert e.value.reason == "unknown_kind"
     assert clue in str(e.value)
     assert "the page has: " in str(e.value)
@@ -99,7 +99,7 @@ def test_captured_pages_without_token_counters_say_what_they_have(name: str, clu
 
 def test_a_page_of_no_server_lists_its_names() -> None:
     with pytest.raises(ScrapeError) as e:
-        read_page("# TYPE up gauge\nup 1\nprocess_cpu_seconds_total 3\n", "auto")
+        read_page("# TYPE up gauge\nup 1\nprocess_cpu_seconds_total 3\n", None)
     assert e.value.reason == "unknown_kind"
     assert str(e.value).endswith("the page has: up, process_cpu_seconds_total")
 
@@ -123,7 +123,7 @@ def test_vllm_v0_has_no_engine_label_and_no_created() -> None:
     text = VLLM_DP.replace('engine="1",', 'engine="0",').replace('engine="0",', "")
     text = "\n".join(line for line in text.splitlines() if "created" not in line and "cached" not in line)
     with pytest.raises(ScrapeError, match="duplicate series"):  # two engines folded onto one series
-        read_page(text + "\n", "vllm")
+        read_page(text + "\n", PROFILES["vllm"])
     single = "\n".join(
         line for line in VLLM_DP.splitlines() if 'engine="1"' not in line and "cached" not in line
     )
@@ -133,7 +133,7 @@ def test_vllm_v0_has_no_engine_label_and_no_created() -> None:
 
 def test_vllm_with_log_stats_disabled_says_so() -> None:
     with pytest.raises(ScrapeError) as e:
-        read_page("# TYPE python_info gauge\npython_info 1.0\n", "vllm")
+        read_page("# TYPE python_info gauge\npython_info 1.0\n", PROFILES["vllm"])
     assert e.value.reason == "missing_family"
     assert "--disable-log-stats" in str(e.value)
     assert "the page has: python_info" in str(e.value)
@@ -211,7 +211,7 @@ def test_sglang_sums_data_parallel_ranks() -> None:
         for line in SGLANG_SCHEDULERS.splitlines()
         if 'tp_rank="0"' in line
     )
-    reading = read_page(dp + "\n", "sglang")
+    reading = read_page(dp + "\n", PROFILES["sglang"])
     assert list(reading.models) == [tokens("qwen", 300, 1040, None, 6, 80)]
 
 
@@ -292,19 +292,19 @@ my_requests_total{model="a",status="failed"} 9
 
 def test_a_page_of_two_servers_is_ambiguous() -> None:
     with pytest.raises(ScrapeError) as e:
-        read_page(VLLM_DP + SGLANG_TOKENIZER, "auto")
+        read_page(VLLM_DP + SGLANG_TOKENIZER, None)
     assert e.value.reason == "ambiguous_kind"
     assert "vllm (vllm:generation_tokens_total)" in str(e.value)
     assert "sglang (sglang:generation_tokens_total)" in str(e.value)
     # An explicit kind reads its own families and ignores the other server's.
-    assert list(read_page(VLLM_DP + SGLANG_TOKENIZER, "sglang").models) == [
+    assert list(read_page(VLLM_DP + SGLANG_TOKENIZER, PROFILES["sglang"]).models) == [
         tokens("qwen", 150, 500, 5, None, 40)
     ]
 
 
 def test_a_non_finite_token_counter_fails_the_page() -> None:
     with pytest.raises(ScrapeError) as e:
-        read_page(VLLM_DP.replace("2000.0", "NaN"), "vllm")
+        read_page(VLLM_DP.replace("2000.0", "NaN"), PROFILES["vllm"])
     assert e.value.reason == "non_finite"
 
 
@@ -315,7 +315,7 @@ def test_a_malformed_token_line_fails_with_its_line_number() -> None:
     )
     line = broken.splitlines().index('vllm:generation_tokens_total{engine="1",model_name="llama"} 1,500') + 1
     with pytest.raises(ScrapeError) as e:
-        read_page(broken, "auto")
+        read_page(broken, None)
     assert e.value.reason == "parse"
     assert f"line {line}: value '1,500'" in str(e.value)
 

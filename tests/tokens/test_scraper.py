@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter.tokens.profiles import generic_profile, series
+from exporter.tokens.profiles import PROFILES, ServerProfile, generic_profile, series
 from exporter.tokens.scraper import ScrapeError, TokenScraper, fetch_server_page, probe
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -112,8 +112,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def scraper(session: aiohttp.ClientSession, url: str, kind: object = "auto") -> TokenScraper:
-    return TokenScraper("llama", url, kind, session, timeout_s=0.5, max_bytes=CAP)  # type: ignore[arg-type]
+def scraper(session: aiohttp.ClientSession, url: str, profile: ServerProfile | None = None) -> TokenScraper:
+    return TokenScraper("llama", url, profile, session, timeout_s=0.5, max_bytes=CAP)
 
 
 async def test_scrapes_the_real_vllm_page_and_keeps_the_detected_kind(
@@ -137,7 +137,7 @@ async def test_scrapes_the_real_vllm_page_and_keeps_the_detected_kind(
 
 @pytest.mark.parametrize("path", ["/gzip", "/openmetrics"])
 async def test_gzip_and_openmetrics_pages(base: str, session: aiohttp.ClientSession, path: str) -> None:
-    (sample,) = await scraper(session, base + path, "vllm").scrape()
+    (sample,) = await scraper(session, base + path, PROFILES["vllm"]).scrape()
     assert (sample.tokens.input_tokens, sample.tokens.output_tokens) == (608, 612)
 
 
@@ -188,7 +188,7 @@ async def test_a_bad_target_is_a_scrape_error_with_its_reason(
 async def test_the_line_of_a_malformed_counter_is_named(base: str, session: aiohttp.ClientSession) -> None:
     line = VLLM_PAGE[: VLLM_PAGE.index("} 612.0")].count("\n") + 1
     with pytest.raises(ScrapeError, match=f"line {line}: "):
-        await scraper(session, base + "/non-numeric", "vllm").scrape()
+        await scraper(session, base + "/non-numeric", PROFILES["vllm"]).scrape()
 
 
 async def test_a_closed_port_is_a_connection_error(session: aiohttp.ClientSession) -> None:
