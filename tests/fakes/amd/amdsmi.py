@@ -30,7 +30,15 @@ class AmdSmiLibraryException(AmdSmiException):
         self.err_code = err_code
 
     def __str__(self) -> str:
-        return f"Error code:\n\t{self.err_code} | AMDSMI error"
+        return f"Error code:\n\t{self.err_code} | {_ERROR_INFO.get(self.err_code, _UNKNOWN)}"
+
+
+_ERROR_INFO = {
+    AMDSMI_STATUS_NOT_SUPPORTED: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
+    AMDSMI_STATUS_INIT_ERROR: "AMDSMI_STATUS_INIT_ERROR - Initialization error",
+}
+"""What the real `AmdSmiLibraryException.set_err_info` says for these codes."""
+_UNKNOWN = "AMDSMI_STATUS_UNKNOWN_ERROR - An unknown error occurred"
 
 
 @dataclass

@@ -145,11 +145,11 @@ def dcgmUpdateAllFields(dcgm_handle: int, waitForUpdate: int) -> None:
 
 
 def dcgmEntitiesGetLatestValues(
-    dcgm_handle: int, entities: list[dcgm_structs.c_dcgmGroupEntityPair_t], fieldIds: list[int], flags: int
+    dcgmHandle: int, entities: list[dcgm_structs.c_dcgmGroupEntityPair_t], fieldIds: list[int], flags: int
 ):
     """One `c_dcgmFieldValue_v2` per entity and field; a field never sampled has a non-OK status."""
     ENGINE.record("dcgmEntitiesGetLatestValues")
-    _check(dcgm_handle)
+    _check(dcgmHandle)
     values = (dcgm_structs.c_dcgmFieldValue_v2 * (len(entities) * len(fieldIds)))()
     watched = {f for _, fields, *_ in ENGINE.watches for f in fields}
     i = 0

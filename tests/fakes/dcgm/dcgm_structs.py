@@ -54,26 +54,38 @@ class DCGMError(Exception):
         return obj
 
     def __str__(self) -> str:
-        return _ERROR_STRINGS.get(self.value, f"DCGM error code {self.value}")
+        return _ERROR_STRINGS.get(self.value, f"DCGM Error with code {self.value}")
 
 
 _ERROR_STRINGS = {
-    DCGM_ST_CONNECTION_NOT_VALID: "Host engine connection invalid/disconnected",
-    DCGM_ST_LIBRARY_NOT_FOUND: "The DCGM library was not found",
-    DCGM_ST_VER_MISMATCH: "API version mismatch",
+    DCGM_ST_OK: "Success",
+    DCGM_ST_BADPARAM: "Bad parameter passed to function",
+    DCGM_ST_GENERIC_ERROR: "Generic unspecified error",
+    DCGM_ST_NOT_SUPPORTED: "Feature not supported",
+    DCGM_ST_INIT_ERROR: "DCGM initialization error",
+    DCGM_ST_UNINITIALIZED: "Object is in an undefined state",
     DCGM_ST_TIMEOUT: "Timeout",
-    DCGM_ST_GPU_IS_LOST: "GPU has fallen off the bus or is otherwise inaccessible",
+    DCGM_ST_VER_MISMATCH: "API version mismatch",
+    DCGM_ST_NO_DATA: "No data is available",
+    DCGM_ST_STALE_DATA: "Data is considered stale",
+    DCGM_ST_NOT_WATCHED: "Field is not being updated",
+    DCGM_ST_NO_PERMISSION: "Not permissioned",
+    DCGM_ST_GPU_IS_LOST: "GPU is unreachable",
+    DCGM_ST_CONNECTION_NOT_VALID: "The connection to the host engine is not valid any longer",
+    DCGM_ST_LIBRARY_NOT_FOUND: "DCGM library could not be found",
+    DCGM_ST_MODULE_NOT_LOADED: "This request is serviced by a module of DCGM that is not currently loaded",
 }
+"""The real module's `_error_code_to_string` (it asks libdcgm for codes it does not list)."""
 
 
 def _extractDCGMErrorsAsClasses() -> None:
     this_module = sys.modules[__name__]
-    for name in [n for n in dir(this_module) if n.startswith("DCGM_ST_") and n != "DCGM_ST_OK"]:
+    for name in [n for n in dir(this_module) if n.startswith("DCGM_ST_")]:
         class_name = "DCGMError_" + string.capwords(name.replace("DCGM_ST_", ""), "_").replace("_", "")
         code = getattr(this_module, name)
 
         def gen_new(val):
-            def new(typ, *args):
+            def new(typ):
                 return DCGMError.__new__(typ, val)
 
             return new
@@ -87,8 +99,8 @@ def _extractDCGMErrorsAsClasses() -> None:
 _extractDCGMErrorsAsClasses()
 
 
-def dcgmExceptionClass(status: int) -> type[DCGMError]:
-    return DCGMError._valClassMapping[status]
+def dcgmExceptionClass(error_code: int) -> type[DCGMError] | None:
+    return DCGMError._valClassMapping.get(error_code)
 
 
 def _dcgmCheckReturn(ret: int) -> int:
@@ -133,6 +145,7 @@ class c_dcgmFieldValue_v2(Structure):
 
 class c_dcgmDeviceIdentifiers_v1(Structure):
     _fields_: ClassVar = [
+        ("version", c_uint),
         ("brandName", c_char * DCGM_MAX_STR_LENGTH),
         ("deviceName", c_char * DCGM_MAX_STR_LENGTH),
         ("pciBusId", c_char * DCGM_MAX_STR_LENGTH),
