@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 
 from exporter.config import EnergyConfig
-from exporter.energy import EnergySourceUnavailable
+from exporter.energy import EnergyReadError, EnergySourceUnavailable
 from exporter.energy.amd import AmdSource
 
 MI300X_0 = "c2ff74a1-0000-1000-80a4-9ad5e3a1c001"
@@ -38,6 +38,21 @@ async def test_counter_in_joules_after_a_passing_check(fake_amdsmi: ModuleType) 
     ]
     # The PCI address names the GPU to AMD's device plugin (placement from the kubelet).
     assert [s.gpu.pci_bus_id for s in samples] == ["0000:c1:00.0", "0000:e1:00.0"]
+
+
+async def test_a_lost_gpu_is_left_out_and_all_lost_is_an_amdsmi_error(fake_amdsmi: ModuleType) -> None:
+    smi = fake_amdsmi.SMI
+    smi.gpus = [fake_amdsmi.FakeGpu(MI300X_0), fake_amdsmi.FakeGpu(MI300X_1)]
+    source = await AmdSource.open(EnergyConfig(), check_s=0.01)
+    smi.gpus[0].lost = True
+    assert [s.gpu.uuid for s in await source.read()] == [MI300X_1]
+    smi.gpus[1].lost = True
+    with pytest.raises(EnergyReadError) as failed:
+        await source.read()
+    await source.close()
+    assert failed.value.reason == "amdsmi_error"
+    assert str(failed.value).startswith(f"GPU 0 ({MI300X_0}): Error code:")
+    assert "AMDSMI_STATUS_NOT_FOUND - Device Not found" in str(failed.value)
 
 
 async def test_a_counter_at_the_wrong_rate_falls_back_to_power_integration(fake_amdsmi: ModuleType) -> None:

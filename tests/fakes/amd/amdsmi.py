@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 AMDSMI_STATUS_NOT_SUPPORTED = 2
 AMDSMI_STATUS_INIT_ERROR = 18
+AMDSMI_STATUS_NOT_FOUND = 31
 
 
 class AmdSmiException(Exception):
@@ -36,6 +37,7 @@ class AmdSmiLibraryException(AmdSmiException):
 _ERROR_INFO = {
     AMDSMI_STATUS_NOT_SUPPORTED: "AMDSMI_STATUS_NOT_SUPPORTED - Feature not supported",
     AMDSMI_STATUS_INIT_ERROR: "AMDSMI_STATUS_INIT_ERROR - Initialization error",
+    AMDSMI_STATUS_NOT_FOUND: "AMDSMI_STATUS_NOT_FOUND - Device Not found",
 }
 """What the real `AmdSmiLibraryException.set_err_info` says for these codes."""
 _UNKNOWN = "AMDSMI_STATUS_UNKNOWN_ERROR - An unknown error occurred"
@@ -50,6 +52,8 @@ class FakeGpu:
     counter_rate: float = 1.0
     counter_resolution: float = 15.3
     start_uj: float = 1_000_000.0
+    lost: bool = False
+    """Gone from the bus: every call on it fails."""
 
 
 @dataclass
@@ -71,7 +75,10 @@ class processor_handle:
 def _gpu(handle: processor_handle) -> FakeGpu:
     if not SMI.initialised:
         raise AmdSmiLibraryException(AMDSMI_STATUS_INIT_ERROR)
-    return SMI.gpus[handle.index]
+    gpu = SMI.gpus[handle.index]
+    if gpu.lost:
+        raise AmdSmiLibraryException(AMDSMI_STATUS_NOT_FOUND)
+    return gpu
 
 
 def amdsmi_init(flag: int = 2) -> None:
