@@ -40,7 +40,7 @@ def make_app(
     applied. `require_client_cert` keeps every path but `/healthz` and `/readyz` from clients
     without a verified certificate.
     """
-    render = SharedRender(collector.snapshot)
+    render = SharedRender(collector)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE_LATEST})
