@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Literal
 
 from exporter.accounting.book import ModelFigures, ServerFigures, Snapshot, WindowFigures
@@ -366,8 +366,9 @@ def families(snap: Snapshot, health: Health, derived: Derived) -> Iterator[Famil
 
 def _families(snap: Snapshot, health: Health) -> Iterator[FamilySamples]:
     yield from _gpu_families(snap)
-    yield from _server_families(snap)
-    yield from _accounting_families(snap)
+    jpt = cache(lambda: tuple(_ratios(snap, WindowFigures.joules_per_token)))
+    yield from _server_families(snap, jpt)
+    yield from _accounting_families(snap, jpt)
     yield from _health_families(health)
     yield from _placement_families(health.placement)
     yield from _rejection_families(snap)
@@ -394,16 +395,26 @@ def _gpu_families(snap: Snapshot) -> Iterator[FamilySamples]:
     )
 
 
+RatioSample = tuple[tuple[str, str, str, str], float]
+"""(server, model, token_type, window) and the ratio."""
+
+
 def _ratios(
     snap: Snapshot, ratio: Callable[[WindowFigures, TokenType], float | None]
-) -> Iterator[tuple[tuple[str, str, str, str], float]]:
+) -> Iterator[RatioSample]:
     """(server, model, token_type, window) and value of every positive ratio of every model."""
     for s, m, model in _models(snap):
         for token_type, window, value in positive_ratios(m.windows, ratio):
             yield (s.server, model, token_type, window), value
 
 
-def _server_families(snap: Snapshot) -> Iterator[FamilySamples]:
+def _later(samples: Callable[[], Iterable[RatioSample]]) -> Iterator[RatioSample]:
+    """The samples, computed when the first is read (never, for a family the level leaves out)."""
+    yield from samples()
+
+
+def _server_families(snap: Snapshot, jpt: Callable[[], Iterable[RatioSample]]) -> Iterator[FamilySamples]:
+    """`jpt`: each model's J/token samples, computed once for every family that needs them."""
     servers = snap.servers
     yield SERVER_ENERGY, (((s.server, model), m.energy_j) for s, m, model in _models(snap))
     yield (
@@ -428,14 +439,14 @@ def _server_families(snap: Snapshot) -> Iterator[FamilySamples]:
     yield SERVER_IDLE_ENERGY, (((s.server,), s.idle_energy_j) for s in servers)
     yield SERVER_IDLE_SECONDS, (((s.server,), s.idle_s) for s in servers)
     yield SERVER_UNMEASURED, (((s.server,), s.unmeasured_s) for s in servers)
-    yield JOULES_PER_TOKEN, _ratios(snap, WindowFigures.joules_per_token)
+    yield JOULES_PER_TOKEN, _later(jpt)
     yield (
         TOKENS_PER_JOULE,
-        ((labels, 1.0 / jpt) for labels, jpt in _ratios(snap, WindowFigures.joules_per_token)),
+        ((labels, 1.0 / value) for labels, value in _later(jpt)),
     )
 
 
-def _accounting_families(snap: Snapshot) -> Iterator[FamilySamples]:
+def _accounting_families(snap: Snapshot, jpt: Callable[[], Iterable[RatioSample]]) -> Iterator[FamilySamples]:
     """Idle and active figures, GPU attribution, the energy split, load bands, cost and carbon."""
     servers = snap.servers
     yield GPU_UNATTRIBUTED, ((_gpu_labels(g.gpu), g.unattributed_j) for g in snap.gpus)
@@ -487,13 +498,14 @@ def _accounting_families(snap: Snapshot) -> Iterator[FamilySamples]:
     )
     tariff = snap.tariff
     if tariff.price_per_kwh is not None and tariff.currency is not None:
-        yield from _priced_families(snap, COST, COST_PER_TOKEN, tariff.cost, (tariff.currency,))
+        yield from _priced_families(snap, jpt, COST, COST_PER_TOKEN, tariff.cost, (tariff.currency,))
     if tariff.grams_per_kwh is not None:
-        yield from _priced_families(snap, CARBON, CARBON_PER_TOKEN, tariff.carbon_grams, ())
+        yield from _priced_families(snap, jpt, CARBON, CARBON_PER_TOKEN, tariff.carbon_grams, ())
 
 
 def _priced_families(
     snap: Snapshot,
+    jpt: Callable[[], Iterable[RatioSample]],
     total: Family,
     per_token: Family,
     convert: Callable[[float], float | None],
@@ -506,10 +518,7 @@ def _priced_families(
     yield total, (((s.server, model, *extra), convert(m.energy_j) or 0.0) for s, m, model in _models(snap))
     yield (
         per_token,
-        (
-            ((*labels, *extra), convert(jpt) or 0.0)
-            for labels, jpt in _ratios(snap, WindowFigures.joules_per_token)
-        ),
+        (((*labels, *extra), convert(value) or 0.0) for labels, value in _later(jpt)),
     )
 
 

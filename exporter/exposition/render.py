@@ -42,6 +42,8 @@ def _series(family: Family, values: tuple[str, ...], extra: tuple[tuple[str, str
 def _value(value: float) -> str:
     """The value in Go's notation, as Prometheus' own clients write it: Python's shortest repr, but
     with an exponent from 1e6 up ("9.1e+07", not "91000000.0"), and "+Inf", "-Inf", "NaN"."""
+    if type(value) is float and -1e6 < value < 1e6:  # most values: the fast path
+        return repr(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
