@@ -65,26 +65,31 @@ class PageWriter:
     """
 
     def __init__(self) -> None:
-        self._series: dict[str, dict[tuple[str, ...], tuple[tuple[tuple[str, str], ...], str]]] = {}
-        """Per family, per label values: the pod labels the text was built with, and the text."""
+        self._series: dict[str, dict[tuple[str, ...], str]] = {}
+        """Per family, per label values: the series' text up to its value."""
+        self._extras: dict[str, tuple[tuple[str, str], ...]] = {}
+        """The pod labels of each server, as the kept text has them."""
 
     def write(self, families: Iterable[FamilySamples], pods: Mapping[str, PodRef]) -> bytes:
         extras = {server: pod_labels(pod) for server, pod in pods.items()}
-        kept: dict[str, dict[tuple[str, ...], tuple[tuple[tuple[str, str], ...], str]]] = {}
+        # Servers whose kept text has other pod labels than they have now: their text is rebuilt.
+        moved = {s for s in extras.keys() | self._extras.keys() if extras.get(s) != self._extras.get(s)}
+        kept: dict[str, dict[tuple[str, ...], str]] = {}
         out: list[str] = []
         for family, samples in families:
             out.append(_header(family))
             known = self._series.get(family.name, {})
             kept[family.name] = series = {}
-            server_at = family.server_at if extras else -1
+            server_at = family.server_at
             for values, value in samples:
-                extra = extras.get(values[server_at], ()) if server_at >= 0 else ()
-                entry = known.get(values)
-                if entry is None or entry[0] != extra:
-                    entry = extra, _series(family, values, extra)
-                series[values] = entry
-                out.append(f"{entry[1]}{_value(value)}\n")
-        self._series = kept
+                text = known.get(values)
+                if text is None or (moved and server_at >= 0 and values[server_at] in moved):
+                    text = _series(
+                        family, values, extras.get(values[server_at], ()) if server_at >= 0 else ()
+                    )
+                series[values] = text
+                out.append(f"{text}{_value(value)}\n")
+        self._series, self._extras = kept, extras
         return "".join(out).encode()
 
 
