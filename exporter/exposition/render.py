@@ -20,6 +20,9 @@ from exporter.exposition.collector import Family, FamilySamples, Health, Tokenwa
 from exporter.exposition.pod_labels import pod_labels
 from exporter.values import Derived, PodRef
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The media type of what `PageWriter` writes: Prometheus' text format 0.0.4."""
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.exposition.collector import TokenwattCollector
-from exporter.exposition.render import SharedRender
+from exporter.exposition.render import CONTENT_TYPE, SharedRender
 from exporter.exposition.web_config import (
     AUTHENTICATED,
     Authenticator,
@@ -43,7 +42,7 @@ def make_app(
     render = SharedRender(collector)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE})
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response

@@ -1,4 +1,4 @@
-"""`exposition.derived` from the config file to the page a real daemon serves over HTTP."""
+"""`exposition.derived` from the config file to the page (text format 0.0.4) a real daemon serves."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ async def test_the_served_page_carries_the_configured_level(derived: str) -> Non
             while True:  # until the server's counters have moved
                 async with session.get(url) as resp:
                     assert resp.status == 200
+                    assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
                     found = parse(await resp.read())
                 tokens = found.get(
                     (
