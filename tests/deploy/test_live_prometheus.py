@@ -358,7 +358,9 @@ def assert_rates_start_at_the_baseline(live: LivePrometheus, at: float) -> None:
 def test_recorded_fleet_figure_agrees_with_the_exporter(
     prometheus: LivePrometheus, recorded: str, exported: str, scale: float
 ) -> None:
-    """Prometheus' ratio of rates over the fleet against the exporter's own 5m window, both within 2 %.
+    """Prometheus' ratio of rates (over the fleet, or the demo's one server) against the exporter's own
+    5m window, within 2 %: the same figure whether tokenwatt exports it or `exposition.derived` leaves
+    it to the rules.
 
     Like with like: the rates span the exporter's whole window (checked), and the recorded figure is
     compared with the exporter's figure from the scrape its evaluation read, not a later one (the
