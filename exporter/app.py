@@ -112,7 +112,7 @@ class Daemon:
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
-        self.collector = TokenwattCollector(self.snapshot)
+        self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
 
     def snapshot(self) -> tuple[Snapshot, Health]:

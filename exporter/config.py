@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import reprlib
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -407,6 +408,22 @@ def _load_bands(value: object) -> list[int]:
     return value
 
 
+class Derived(StrEnum):
+    """Which derived figures `/metrics` carries besides the counters (`exposition.derived`)."""
+
+    ALL = "all"
+    """Every windowed ratio."""
+    ESSENTIAL = "essential"
+    """The windowed J/token and server power only; recording rules compute the rest."""
+    NONE = "none"
+    """No windowed ratio: recording rules compute them all from the counters."""
+
+
+class ExpositionConfig(_Strict):
+    derived: Derived = Derived.ALL
+    """Which windowed ratios `/metrics` carries besides the counters; recording rules compute the rest."""
+
+
 class Config(_Strict):
     listen: Listen = DEFAULT_LISTEN
     web_config_file: Path | None = None
@@ -424,6 +441,7 @@ class Config(_Strict):
     pricing: PricingConfig | None = None
     carbon: CarbonConfig | None = None
     placement: PlacementConfig = PlacementConfig()
+    exposition: ExpositionConfig = ExpositionConfig()
 
     @model_validator(mode="before")
     @classmethod
