@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 
 from exporter.app import Daemon
-from exporter.config import ConfigError, validate_config
+from exporter.config import ConfigError
+from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet, SimulatedSource
 from tests.exposition.test_collector import WINDOWED, parse
