@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EXPIRY_S
+from exporter.discovery.selector import KEY as POD_LABEL_KEY
+from exporter.discovery.selector import parse_label_selector, pod_label_name
 from exporter.logs import clean
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
@@ -395,6 +397,64 @@ class PlacementConfig(_Strict):
     kubelet: KubeletConfig = KubeletConfig()
 
 
+def _label_selector(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a Kubernetes label selector such as app=vllm, got {show(value)}")
+    parse_label_selector(value)
+    return value
+
+
+def _pod_label_key(value: object) -> str:
+    if not isinstance(value, str) or not POD_LABEL_KEY.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a Kubernetes label key such as app or app.kubernetes.io/name")
+    return value
+
+
+class KubernetesDiscoveryConfig(_Strict):
+    node_name: str = ""
+    """This node's name; empty: the NODE_NAME environment variable (the Downward API's spec.nodeName)."""
+    kubeconfig: Path | None = None
+    """A kubeconfig file; null: in-cluster credentials where KUBERNETES_SERVICE_HOST is set, else
+    $KUBECONFIG. Relative to the config file's folder."""
+    label_selector: Annotated[str, BeforeValidator(_label_selector)] = ""
+    """Only pods these labels select (sent to the API server); with require_annotation both must hold."""
+    require_annotation: bool = True
+    """Only pods annotated tokenwatt.io/scrape: "true"."""
+    pod_labels: list[Annotated[str, BeforeValidator(_pod_label_key)]] = Field(default_factory=list)
+    """Pod labels copied onto the pod's series as label_<name, sanitized>."""
+    grace_period: Duration = 300.0
+    """A pod that went away keeps its counters on /metrics this long, then its series go."""
+    interval: Duration = 1.0
+    """Scrape interval of discovered servers."""
+    timeout: Duration = 5.0
+    """Scrape deadline of discovered servers, and the deadline of each Kubernetes API request."""
+
+    @model_validator(mode="after")
+    def _check(self) -> KubernetesDiscoveryConfig:
+        names = [pod_label_name(k) for k in self.pod_labels]
+        clashes = sorted({k for k in self.pod_labels if names.count(pod_label_name(k)) > 1})
+        if clashes:
+            label = pod_label_name(clashes[0])
+            raise ValueError(f"pod_labels: {', '.join(clashes)} all become the label {label}; keep one")
+        if not self.require_annotation and not self.label_selector.strip():
+            raise ValueError(
+                "require_annotation: false needs a label_selector: without either, every pod on the node "
+                "would be scraped"
+            )
+        return self
+
+
+class DiscoveryConfig(_Strict):
+    source: Literal["none", "kubernetes"] = "none"
+    """`kubernetes`: scrape the annotated pods of this node, found through the Kubernetes API."""
+    kubernetes: KubernetesDiscoveryConfig = KubernetesDiscoveryConfig()
+
+    @property
+    def node(self) -> str:
+        """The node whose pods are discovered: `kubernetes.node_name`, else $NODE_NAME."""
+        return self.kubernetes.node_name or os.environ.get("NODE_NAME", "")
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -450,6 +510,7 @@ class Config(_Strict):
     pricing: PricingConfig | None = None
     carbon: CarbonConfig | None = None
     placement: PlacementConfig = PlacementConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -493,6 +554,22 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _check_discovery(self) -> Config:
+        if self.discovery.source != "kubernetes":
+            return self
+        if self.placement.source != "kubelet":
+            raise ValueError(
+                "discovery.source: kubernetes needs placement.source: kubelet "
+                f"(it is {self.placement.source!r}): the GPUs of discovered pods come from the kubelet"
+            )
+        if not self.discovery.node:
+            raise ValueError(
+                "discovery.kubernetes.node_name is empty and NODE_NAME is not set: give the node's name, "
+                "or set NODE_NAME from the Downward API (fieldRef spec.nodeName)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> Config:
         names = [s.name for s in self.servers]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -516,6 +593,11 @@ def load_config(path: Path) -> Config:
     config = validate_config(data)
     if config.web_config_file is not None and not config.web_config_file.is_absolute():
         config = config.model_copy(update={"web_config_file": path.parent / config.web_config_file})
+    kubernetes = config.discovery.kubernetes
+    if kubernetes.kubeconfig is not None and not kubernetes.kubeconfig.is_absolute():
+        kubernetes = kubernetes.model_copy(update={"kubeconfig": path.parent / kubernetes.kubeconfig})
+        discovery = config.discovery.model_copy(update={"kubernetes": kubernetes})
+        config = config.model_copy(update={"discovery": discovery})
     return config
 
 

@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.accounting.book import Snapshot, WindowFigures
+from exporter.exposition.discovery import DiscoveryHealth, discovery_metrics
 from exporter.exposition.pod_labels import with_pod_labels
-from exporter.values import Gpu, PodRef, TokenType
+from exporter.values import Gpu, PodLabels, TokenType
 
 
 def positive_ratios(
@@ -74,8 +75,9 @@ class Health:
     source: SourceHealth
     targets: tuple[TargetHealth, ...]
     placement: PlacementHealth | None = None
-    pods: tuple[tuple[str, PodRef], ...] = ()
-    """Server name -> the pod it runs in: its series carry `namespace` and `pod` labels."""
+    pods: tuple[tuple[str, PodLabels], ...] = ()
+    """Server name -> the labels of the pod it runs in, which its series carry."""
+    discovery: DiscoveryHealth | None = None
     internal_errors: tuple[tuple[str, int], ...] = ()
     """Unexpected exceptions so far, by component."""
     reload_successful: bool = True
@@ -107,6 +109,7 @@ class TokenwattCollector(Collector):
         yield from with_pod_labels(self._accounting_metrics(snap), pods)
         yield from with_pod_labels(self._health_metrics(health), pods)
         yield from self._placement_metrics(health.placement)
+        yield from discovery_metrics(health.discovery)
         yield from with_pod_labels(self._rejection_metrics(snap), pods)
 
     def _placement_metrics(self, placement: PlacementHealth | None) -> Iterator[Metric]:

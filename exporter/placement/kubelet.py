@@ -277,9 +277,10 @@ def place(
 
 
 def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefresher | None:
-    """The refresher of a config's pods; None with static placement or no server that is a pod."""
+    """The refresher of a config's pods; None with static placement, or no server that is a pod and no
+    discovery of pods."""
     pods = {s.name: pod for s in config.servers if (pod := s.pod_ref) is not None}
-    if config.placement.source != "kubelet" or not pods:
+    if config.placement.source != "kubelet" or not (pods or config.discovery.source == "kubernetes"):
         return None
     k = config.placement.kubelet
     return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval, on_change)
