@@ -166,7 +166,7 @@ class Daemon:
                     bool(d.up) and self.supervisor.healthy(d.component),
                     len(d.servers),
                     tuple(sorted(Counter(d.rejected.values()).items())),
-                    tuple(sorted((request, reason, n) for (request, reason), n in d.errors.items())),
+                    d.error_counts(),
                 )
                 if (d := self.discovery)
                 else None

@@ -107,6 +107,11 @@ class PodWatcher:
         self.resource_version = None
         self._failed("unexpected: the poll raised an unexpected error (see the log)")
 
+    def error_counts(self) -> tuple[tuple[str, str, int], ...]:
+        """Failed requests so far: (request, reason, count), owner reads as request `owner`."""
+        owners = [(("owner", reason), n) for reason, n in self.owners.errors.items()]
+        return tuple(sorted((request, reason, n) for (request, reason), n in [*self.errors.items(), *owners]))
+
     async def close(self) -> None:
         await self.client.close()
 

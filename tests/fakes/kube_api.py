@@ -186,6 +186,7 @@ class _Watcher:
     namespace: str | None
     matches: Callable[[Obj], bool]
     bookmarks: bool
+    request: web.Request
     queue: asyncio.Queue[_Event | None] = field(default_factory=asyncio.Queue)
 
 
@@ -314,9 +315,12 @@ class FakeKubeApi:
                         "metadata": {"resourceVersion": str(self.revision)}}
                 w.queue.put_nowait(_Event(self.revision, "BOOKMARK", stub, None))
 
-    def drop_watches(self) -> None:
-        """End every open watch (a connection the API server or a load balancer closed)."""
+    def drop_watches(self, abort: bool = False) -> None:
+        """End every open watch: cleanly (the API server ends it, as at `timeoutSeconds`), or with
+        `abort` by cutting the connection mid-stream (a load balancer or a crashed API server)."""
         for w in self.watchers:
+            if abort and w.request.transport is not None:
+                w.request.transport.abort()
             w.queue.put_nowait(None)
 
     def fail_next(self, code: int, times: int = 1) -> None:
@@ -418,7 +422,7 @@ class FakeKubeApi:
         if not since.isdigit() and since != "":
             raise ApiStatus(400, "BadRequest", f"invalid resource version: {since!r}")
         timeout_s = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
-        watcher = _Watcher(kind, namespace, matches, query.get("allowWatchBookmarks") == "true")
+        watcher = _Watcher(kind, namespace, matches, query.get("allowWatchBookmarks") == "true", request)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         if since not in ("", "0") and int(since) < self.compacted:
