@@ -83,9 +83,11 @@ def api_error(e: Exception) -> KubeError:
         return KubeError(reason, f"API server answered {code}: {e.status.message}"[:300], code)
     if isinstance(e, TimeoutError | httpx2.TimeoutException):
         return KubeError("timeout", "the API server did not answer in time")
-    if isinstance(e, httpx2.HTTPStatusError):
+    if isinstance(e, httpx2.HTTPStatusError):  # a watch's refusal: lightkube does not read its Status
         code = e.response.status_code
-        return KubeError(_REASONS.get(code, "server_error"), f"API server answered {code}", code)
+        reason = _REASONS.get(code, "server_error" if code >= 500 else "api_error")
+        request = f"{e.request.method} {e.request.url.path}"
+        return KubeError(reason, f"API server answered {code} to {request}", code)
     if isinstance(e, httpx2.TransportError):
         return KubeError("unavailable", f"cannot reach the API server: {type(e).__name__}: {e}"[:300])
     return KubeError("bad_response", f"the API server sent what is not a Kubernetes object: {e}"[:300])
