@@ -201,8 +201,9 @@ class KubeletRefresher:
 
     async def refresh(self) -> bool:
         """Ask the kubelet once; True when a server's devices changed. Never raises a kubelet failure."""
+        pods = self.pods  # the daemon may swap in new pods while the kubelet answers
         by_pod: dict[PodRef, list[str]] = {}
-        for server, pod in self.pods.items():
+        for server, pod in pods.items():
             by_pod.setdefault(pod, []).append(server)
         try:
             found = await self.client.devices(list(by_pod))
@@ -217,7 +218,7 @@ class KubeletRefresher:
         self.up, self.reason, self.failures = True, None, 0
         missing = frozenset(s for pod, servers in by_pod.items() if not found[pod] for s in servers)
         for server in sorted(missing - self._missing):
-            pod = self.pods[server]
+            pod = pods[server]
             log.warning("no GPU allocated to the pod on this node", server=server, pod=_name(pod))
         self._missing = missing
         devices = {server: found[pod] for pod, servers in by_pod.items() for server in servers}
