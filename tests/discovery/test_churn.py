@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 import aiohttp
 from structlog.testing import capture_logs
 
+from exporter.accounting.book import Accountant
+from exporter.accounting.cardinality import ModelLimit
 from exporter.app import Daemon
 from exporter.demo import SimulatedVllmServer
+from exporter.values import ModelTokens, TokenSample
 from tests.conftest import UNDER_CI
 from tests.discovery.cluster import NODE, UUIDS, Cluster, cluster, one, series_of
 from tests.fakes.kube_api import PODS, pod
@@ -148,3 +152,14 @@ async def test_a_hundred_pods_and_churn() -> None:
             assert after.tasks <= before.tasks + 3 and after.sockets <= before.sockets + 3
         finally:
             await shared.stop()
+
+
+def test_a_removed_server_leaves_nothing_in_the_gate() -> None:
+    """A churned pod whose page was rejected: once its server is removed, neither its rejection count
+    (a series) nor its logged state stays behind."""
+    accountant = Accountant([], [60.0], 5.0)
+    accountant.add_server("fleet/churn-0", ModelLimit(4, 600.0))
+    accountant.add_tokens([TokenSample("fleet/churn-0", 1.0, ModelTokens("m", math.nan, 1.0))])
+    assert accountant.gate.rejections().scrapes == (("fleet/churn-0", "non_finite", 1),)
+    accountant.remove_server("fleet/churn-0")
+    assert accountant.gate.rejections().scrapes == () and not accountant.gate._logged

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import require_tool
-from tests.discovery.cluster import Cluster, Samples, cluster, one, series_of, servers_on_page
-from tests.fakes.kube_api import DEPLOYMENTS, JOBS, REPLICASETS, deployment, job, owner, replicaset
+from tests.discovery.cluster import NODE, Cluster, Samples, cluster, one, series_of, servers_on_page
+from tests.fakes.kube_api import DEPLOYMENTS, JOBS, PODS, REPLICASETS, deployment, job, owner, pod, replicaset
 
 HASH = "5d8f7c9b6"
 A = "llm/vllm-a-5d8f7c9b6-x2x9q"
@@ -150,3 +150,24 @@ async def test_pods_discovered_placed_scaled_and_deleted() -> None:
         [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+
+
+async def test_a_label_selector_chooses_the_pods() -> None:
+    """The selector goes to the API server; with require_annotation: false it alone chooses, and
+    `tokenwatt.io/scrape: "false"` opts a pod out."""
+    async with cluster(label_selector="tier in (gpu),!canary", require_annotation=False) as c:
+        gpu = {"tier": "gpu"}
+        await c.run_pod("llm", "chosen-0", 0, labels=gpu)
+        await c.run_pod("llm", "canary-0", 1, labels={**gpu, "canary": "yes"})
+        await c.run_pod("llm", "cpu-0", 2, labels={"tier": "cpu"})
+        await c.run_pod("llm", "opted-out-0", 3, labels=gpu, annotations={"tokenwatt.io/scrape": "false"})
+        port = c.servers["llm/chosen-0"].url.rsplit(":", 1)[1].removesuffix("/metrics")
+        notes = {"tokenwatt.io/port": port}
+        c.api.put(PODS, pod("llm", "unannotated-0", NODE, labels=gpu, annotations=notes))
+        found = await c.until(lambda f: len(series_of(f, "tokenwatt_target_up")) == 2, "pods not chosen")
+        await asyncio.sleep(1.0)
+        assert servers_on_page(await c.scrape()) == {"llm/chosen-0", "llm/unannotated-0"}
+        listed = [r.query for r in c.api.requests if r.resource == "pods" and r.verb == "list"]
+        assert listed[0]["labelSelector"] == "tier in (gpu),!canary"
+        assert listed[0]["fieldSelector"] == f"spec.nodeName={NODE}"
+        assert one(found, "tokenwatt_discovered_servers", source="kubernetes") == 2.0
