@@ -154,10 +154,10 @@ class PodWatcher:
                     return
                 except API_ERRORS as e:
                     raise api_error(e) from None
-                version = pod.metadata.resourceVersion if pod.metadata else None
-                if kind != "BOOKMARK":
-                    await self._take(kind, pod)
-                self.resource_version = version or self.resource_version
+                await self._take(kind, pod)
+                self.resource_version = (pod.metadata.resourceVersion if pod.metadata else None) or (
+                    self.resource_version
+                )
         self.resource_version = None  # the window is over: list again
 
     async def _take(self, kind: str, pod: Pod) -> None:
