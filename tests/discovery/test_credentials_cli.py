@@ -22,8 +22,9 @@ def test_run_without_kubernetes_credentials_exits_2(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == (
-        "tokenwatt: discovery.kubernetes: no Kubernetes credentials: not in a cluster (KUBERNETES_SERVICE_HOST "
-        "is not set), discovery.kubernetes.kubeconfig is null and KUBECONFIG is not set"
+        "tokenwatt: discovery.kubernetes: no Kubernetes credentials: not in a cluster "
+        "(KUBERNETES_SERVICE_HOST is not set), discovery.kubernetes.kubeconfig is null and "
+        "KUBECONFIG is not set"
     )
 
     missing = tmp_path / "nowhere" / "kubeconfig"
