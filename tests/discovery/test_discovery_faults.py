@@ -104,10 +104,14 @@ async def test_a_watch_that_drops_or_expires() -> None:
         assert errors(cut, "watch", "unavailable") == 1.0 and lists(c) == listed + 1
 
         # History compacted while the watch reconnects: 410 Expired, a relist at once, never down.
-        c.api.compact()
-        c.api.drop_watches()
-        await c.run_pod("llm", "vllm-3", 3)
-        expired = await c.until(lambda f: "llm/vllm-3" in scraped(f), "no relist after 410")
+        with capture_logs() as logs:
+            c.api.compact()
+            c.api.drop_watches()
+            await c.run_pod("llm", "vllm-3", 3)
+            expired = await c.until(lambda f: "llm/vllm-3" in scraped(f), "no relist after 410")
+        assert [e["event"] for e in logs if "watch" in e["event"] or "discovery" in e["event"]] == [
+            "watch expired: listing the pods again"
+        ]
         assert errors(expired, "watch", "expired") == 1.0 and lists(c) == listed + 2
         assert one(expired, UP, source="kubernetes") == 1.0
         assert scraped(expired) == {"llm/vllm-0", "llm/vllm-1", "llm/vllm-2", "llm/vllm-3"}
