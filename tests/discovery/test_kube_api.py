@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +17,7 @@ from lightkube.resources.core_v1 import Pod
 
 from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, kube_config, open_client
 from tests.conftest import free_port
+from tests.discovery.cluster import TOKEN
 from tests.fakes.kube_api import (
     DEPLOYMENTS,
     JOBS,
@@ -30,25 +30,6 @@ from tests.fakes.kube_api import (
     pod,
     replicaset,
 )
-
-TOKEN = "tokenwatt-token"
-READ_PODS = {"pods": ["get", "list", "watch"]}
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    fake = FakeKubeApi()
-    fake.grant(TOKEN, {**READ_PODS, "replicasets.apps": ["get"]})
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def client(api: FakeKubeApi, tmp_path: Path) -> AsyncIterator[AsyncClient]:
-    c = open_client(api.kubeconfig(tmp_path / "kubeconfig", TOKEN), timeout_s=2.0)
-    yield c
-    await c.close()
 
 
 async def call(coro: object) -> KubeError:

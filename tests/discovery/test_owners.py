@@ -4,8 +4,6 @@ the API stand-in; and the roster's grace periods."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from lightkube import AsyncClient
@@ -16,8 +14,8 @@ from exporter.discovery.owners import Owners
 from exporter.discovery.pods import Owner, PodTarget
 from exporter.discovery.roster import Roster
 from exporter.discovery.watcher import DiscoveredServer
-from exporter.kube import open_client
 from exporter.values import PodLabels, PodRef
+from tests.discovery.cluster import TOKEN
 from tests.fakes.kube_api import (
     DEPLOYMENTS,
     JOBS,
@@ -28,24 +26,6 @@ from tests.fakes.kube_api import (
     owner,
     replicaset,
 )
-
-TOKEN = "t"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeKubeApi]:
-    fake = FakeKubeApi()
-    fake.grant(TOKEN, {"replicasets.apps": ["get"], "jobs.batch": ["get"]})
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def client(api: FakeKubeApi, tmp_path: Path) -> AsyncIterator[AsyncClient]:
-    c = open_client(api.kubeconfig(tmp_path / "kubeconfig", TOKEN), timeout_s=2.0)
-    yield c
-    await c.close()
 
 
 def target(name: str, owned_by: Owner | None, template_hash: str | None = None, lws: str | None = None,
