@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ from exporter.accounting.cardinality import ModelLimit
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ConfigError, ServerConfig
 from exporter.config_file import load_config
+from exporter.discovery.roster import Roster
+from exporter.discovery.watcher import DiscoveredServer, watcher_of
 from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
+    DiscoveryHealth,
     Health,
     PlacementHealth,
     SourceHealth,
@@ -39,7 +43,7 @@ from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
-from exporter.values import Gpu, GpuSample, PodRef, TokenSample
+from exporter.values import Gpu, GpuSample, PodLabels, PodRef, TokenSample
 
 log = structlog.get_logger("tokenwatt")
 
@@ -112,6 +116,8 @@ class Daemon:
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
+        self.discovery = watcher_of(config, self._discovered)
+        self.roster = Roster(config.discovery.kubernetes.grace_period, self._forget)
         self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
 
@@ -155,7 +161,17 @@ class Daemon:
                 if (k := self.kubelet)
                 else None
             ),
-            pods=tuple((s.name, PodRef.named(s.pod)) for s in self.config.servers if s.pod is not None),
+            pods=self._pod_labels(),
+            discovery=(
+                DiscoveryHealth(
+                    bool(d.up) and self.supervisor.healthy(d.component),
+                    len(d.servers),
+                    tuple(sorted(Counter(d.rejected.values()).items())),
+                    d.error_counts(),
+                )
+                if (d := self.discovery)
+                else None
+            ),
         )
         return self.accountant.snapshot(self._clock()), health
 
@@ -173,6 +189,8 @@ class Daemon:
         waiting = [t.server.name for t in self.targets.values() if t.up is None]
         if waiting:
             problems.append("no scrape yet of " + ", ".join(waiting))
+        if self.discovery is not None and not self.discovery.listed:
+            problems.append(f"no list yet of the pods of node {self.discovery.node} from the Kubernetes API")
         problems += self.supervisor.problems()
         if self.supervisor.give_up_reason is not None:
             problems.append(f"giving up: {self.supervisor.give_up_reason}")
@@ -190,6 +208,8 @@ class Daemon:
             self.supervisor.start(self.energy)
             if self.kubelet is not None:
                 self.supervisor.start(self.kubelet)
+            if self.discovery is not None:
+                self.supervisor.start(self.discovery)
             for server in self.config.servers:
                 self._start_target(server)
             try:
@@ -198,6 +218,9 @@ class Daemon:
                 given_up.cancel()
                 stopped.cancel()
                 await self.supervisor.stop_all()
+                self.roster.close()
+                if self.discovery is not None:
+                    await self.discovery.close()
                 await runner.cleanup()
                 await self._close_source()
         if self.supervisor.give_up_reason is not None:
@@ -286,7 +309,7 @@ class Daemon:
         if not seen:
             return  # the kubelet answered before the first energy reading: no GPU to resolve against yet
         migs = self.source.mig_devices if isinstance(self.source, MigReporting) else ()
-        servers = self.config.servers
+        servers = self._servers()
         static = {s.name: s.gpus for s in servers if s.pod is None}
         pods = {s.name: _pod_of(s) for s in servers if s.pod is not None or s.pod_uid}
         devices = self.kubelet.devices if self.kubelet else {}
@@ -358,26 +381,73 @@ class Daemon:
             log.info("basic_auth_users reloaded; tls_server_config is read at start-up only")
         before = {s.name: s for s in old.servers}
         after = {s.name: s for s in new.servers}
-        for name in before.keys() - after.keys():
+        await self._change_servers(
+            [name for name in before if name not in after],
+            [s for name, s in after.items() if name not in before],
+            [s for name, s in after.items() if name in before and s != before[name]],
+        )
+        log.info("config reloaded", servers=len(new.servers))
+
+    async def _change_servers(
+        self,
+        gone: Sequence[str],
+        added: Sequence[ServerConfig],
+        changed: Sequence[ServerConfig],
+        keep_counters: bool = False,
+    ) -> None:
+        """Stop the pollers of `gone` servers (and, unless `keep_counters`, drop their accounting),
+        start those of `added` ones, restart those of `changed` ones; the others run on untouched."""
+        for name in gone:
             await self.supervisor.stop(self.targets.pop(name).component)
-            self.accountant.remove_server(name)
+            if not keep_counters:
+                self.accountant.remove_server(name)
             log.info("server removed", server=name)
-        for name in after.keys() - before.keys():
-            self.accountant.add_server(name, ModelLimit(after[name].max_models, after[name].model_expiry))
-        if self.kubelet is not None:  # servers that are pods: the ones of the new config
-            self.kubelet.pods = {s.name: PodRef.named(s.pod) for s in new.servers if s.pod is not None}
+        for server in added:
+            if server.name not in self.accountant.ledgers:  # a pod back within its grace period has one
+                self.accountant.add_server(server.name, ModelLimit(server.max_models, server.model_expiry))
+        if self.kubelet is not None:  # servers that are pods: the ones running now
+            self.kubelet.pods = {s.name: PodRef.named(s.pod) for s in self._servers() if s.pod is not None}
             self.kubelet.wake()
         self._place(set(self._gpus), force=True)
-        for name, server in after.items():
-            if name not in before:
-                self._start_target(server)
-                log.info("server added", server=name, url=server.url)
-            elif server != before[name]:
-                old_poller = self.targets[name]
-                await self.supervisor.stop(old_poller.component)
-                self._start_target(server, replaces=old_poller)
-                log.info("server changed", server=name, url=server.url)
-        log.info("config reloaded", servers=len(new.servers))
+        for server in added:
+            self._start_target(server)
+            log.info("server added", server=server.name, url=server.url)
+        for server in changed:
+            old_poller = self.targets[server.name]
+            await self.supervisor.stop(old_poller.component)
+            self._start_target(server, replaces=old_poller)
+            log.info("server changed", server=server.name, url=server.url)
+
+    def _servers(self) -> list[ServerConfig]:
+        """The servers scraped now: the config's and the discovered ones."""
+        return [*self.config.servers, *(d.server for d in self.roster.current.values())]
+
+    def _pod_labels(self) -> tuple[tuple[str, PodLabels], ...]:
+        """The pod labels of every server that is a pod, departed discovered ones included."""
+        pods = ((s.name, PodRef.named(s.pod)) for s in self.config.servers if s.pod is not None)
+        static = ((name, PodLabels(pod.namespace, pod.name)) for name, pod in pods)
+        return (*static, *self.roster.labels())
+
+    async def _discovered(self, servers: Mapping[str, DiscoveredServer]) -> None:
+        """A new view of the node's pods: start, stop and restart pollers as a reload does."""
+        async with self._reload_lock:
+            change = self.roster.update(servers)
+            if not (change.gone or change.added or change.changed):
+                return
+            await self._change_servers(
+                change.gone,
+                [d.server for d in change.added],
+                [d.server for d in change.changed],
+                keep_counters=True,
+            )
+            for name in change.gone:
+                log.info("server's pod gone: its series stay for the grace period", server=name,
+                         grace_period_s=self.roster.grace_s)
+
+    def _forget(self, name: str) -> None:
+        """A departed pod's grace period is over: its accounting and series go."""
+        self.accountant.remove_server(name)
+        log.info("server's series removed", server=name)
 
 
 async def serve_until_signalled(

@@ -21,6 +21,7 @@ from exporter.demo import run_demo
 from exporter.energy import EnergySourceUnavailable
 from exporter.energy.select import open_source
 from exporter.exposition.web_config import WebConfigError, load_web_config
+from exporter.kube import KubeConfigError
 from exporter.logs import clean, configure_logging, redact
 from exporter.tokens.scraper import PageReading, ScrapeError, probe, read_page
 
@@ -137,9 +138,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for problem in e.problems:  # one line per source tried: "nvml: <what is missing, how to fix>"
                 print(f"tokenwatt: energy source {problem}", file=sys.stderr)
             return EXIT_USAGE
-        daemon = Daemon(
-            config, source, web=web, config_path=args.config, enable_lifecycle=args.enable_lifecycle
-        )
+        try:
+            daemon = Daemon(
+                config, source, web=web, config_path=args.config, enable_lifecycle=args.enable_lifecycle
+            )
+        except KubeConfigError as e:  # discovery cannot reach the API server without credentials
+            print(f"tokenwatt: discovery.kubernetes: {e}", file=sys.stderr)
+            await source.close()
+            return EXIT_USAGE
         try:
             return await serve_until_signalled(daemon.run, daemon.reload)
         except OSError as e:  # the listen address is taken, not ours, or does not resolve

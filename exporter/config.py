@@ -370,6 +370,78 @@ class PlacementConfig(_Strict):
     kubelet: KubeletConfig = KubeletConfig()
 
 
+_K8S_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_K8S_PREFIX = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+LABEL_KEY = re.compile(rf"(({_K8S_PREFIX})/)?{_K8S_NAME}")
+"""A Kubernetes label key: an optional DNS subdomain prefix and `/`, then a name of at most 63 characters."""
+LABEL_VALUE = re.compile(rf"({_K8S_NAME})?")
+"""A Kubernetes label value: empty, or up to 63 characters starting and ending alphanumeric."""
+
+
+def pod_label_name(key: str) -> str:
+    """The series label a pod label becomes: `label_` and the key with every other character than a
+    letter, digit or _ replaced by _ (`app.kubernetes.io/name` -> `label_app_kubernetes_io_name`)."""
+    return "label_" + re.sub(r"[^A-Za-z0-9_]", "_", key)
+
+
+def _label_selector(value: object) -> str:
+    """Its syntax is checked where it is parsed (`exporter.discovery.selector`, by `config_file`)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a Kubernetes label selector such as app=vllm, got {show(value)}")
+    return value
+
+
+def _pod_label_key(value: object) -> str:
+    if not isinstance(value, str) or not LABEL_KEY.fullmatch(value):
+        raise ValueError(f"{show(value)} is not a Kubernetes label key such as app or app.kubernetes.io/name")
+    return value
+
+
+class KubernetesDiscoveryConfig(_Strict):
+    node_name: str = ""
+    """This node's name; empty: the NODE_NAME environment variable (the Downward API's spec.nodeName)."""
+    kubeconfig: Path | None = None
+    """A kubeconfig file; null: in-cluster credentials where KUBERNETES_SERVICE_HOST is set, else
+    $KUBECONFIG. Relative to the config file's folder."""
+    label_selector: Annotated[str, BeforeValidator(_label_selector)] = ""
+    """Only pods these labels select (sent to the API server); with require_annotation both must hold."""
+    require_annotation: bool = True
+    """Only pods annotated tokenwatt.io/scrape: "true"."""
+    pod_labels: list[Annotated[str, BeforeValidator(_pod_label_key)]] = Field(default_factory=list)
+    """Pod labels copied onto the pod's series as label_<name, sanitized>."""
+    grace_period: Duration = 300.0
+    """A pod that went away keeps its counters on /metrics this long, then its series go."""
+    interval: Duration = 1.0
+    """Scrape interval of discovered servers."""
+    timeout: Duration = 5.0
+    """Scrape deadline of discovered servers, and the deadline of each Kubernetes API request."""
+
+    @model_validator(mode="after")
+    def _check(self) -> KubernetesDiscoveryConfig:
+        names = [pod_label_name(k) for k in self.pod_labels]
+        clashes = sorted({k for k in self.pod_labels if names.count(pod_label_name(k)) > 1})
+        if clashes:
+            label = pod_label_name(clashes[0])
+            raise ValueError(f"pod_labels: {', '.join(clashes)} all become the label {label}; keep one")
+        if not self.require_annotation and not self.label_selector.strip():
+            raise ValueError(
+                "require_annotation: false needs a label_selector: without either, every pod on the node "
+                "would be scraped"
+            )
+        return self
+
+
+class DiscoveryConfig(_Strict):
+    source: Literal["none", "kubernetes"] = "none"
+    """`kubernetes`: scrape the annotated pods of this node, found through the Kubernetes API."""
+    kubernetes: KubernetesDiscoveryConfig = KubernetesDiscoveryConfig()
+
+    @property
+    def node(self) -> str:
+        """The node whose pods are discovered: `kubernetes.node_name`, else $NODE_NAME."""
+        return self.kubernetes.node_name or os.environ.get("NODE_NAME", "")
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -442,6 +514,7 @@ class Config(_Strict):
     carbon: CarbonConfig | None = None
     placement: PlacementConfig = PlacementConfig()
     exposition: ExpositionConfig = ExpositionConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -482,6 +555,22 @@ class Config(_Strict):
                     f"servers[{i}] ({s.name}): with placement.source: kubelet give pod: NAMESPACE/NAME, "
                     "or set POD_NAMESPACE and POD_NAME (the Downward API), or list gpus:"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_discovery(self) -> Config:
+        if self.discovery.source != "kubernetes":
+            return self
+        if self.placement.source != "kubelet":
+            raise ValueError(
+                "discovery.source: kubernetes needs placement.source: kubelet "
+                f"(it is {self.placement.source!r}): the GPUs of discovered pods come from the kubelet"
+            )
+        if not self.discovery.node:
+            raise ValueError(
+                "discovery.kubernetes.node_name is empty and NODE_NAME is not set: give the node's name, "
+                "or set NODE_NAME from the Downward API (fieldRef spec.nodeName)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exporter.config import Config, ConfigError, show
+from exporter.discovery.selector import parse_label_selector
 from exporter.logs import clean
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 
@@ -33,14 +34,25 @@ def load_config(path: Path) -> Config:
     config = validate_config(data)
     if config.web_config_file is not None and not config.web_config_file.is_absolute():
         config = config.model_copy(update={"web_config_file": path.parent / config.web_config_file})
+    kubernetes = config.discovery.kubernetes
+    if kubernetes.kubeconfig is not None and not kubernetes.kubeconfig.is_absolute():
+        kubernetes = kubernetes.model_copy(update={"kubeconfig": path.parent / kubernetes.kubeconfig})
+        discovery = config.discovery.model_copy(update={"kubernetes": kubernetes})
+        config = config.model_copy(update={"discovery": discovery})
     return config
 
 
 def validate_config(data: dict[str, Any]) -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError([clean(_problem(err), MAX_PROBLEM_CHARS) for err in e.errors()]) from None
+    # Checked here rather than in the model, since `config` imports nothing of ours.
+    try:
+        parse_label_selector(config.discovery.kubernetes.label_selector)
+    except ValueError as e:
+        raise ConfigError([clean(f"discovery.kubernetes.label_selector: {e}", MAX_PROBLEM_CHARS)]) from None
+    return config
 
 
 def _problem(err: Any) -> str:

@@ -129,6 +129,23 @@ class PodRef:
 
 
 @dataclass(frozen=True, slots=True)
+class PodLabels:
+    """The labels a pod's server adds to each of its series: its namespace and name, and for a
+    discovered pod its workload (the owning Deployment, StatefulSet, LeaderWorkerSet or Job) and the
+    allowlisted pod labels as (`label_<sanitized key>`, value)."""
+
+    namespace: str
+    pod: str
+    workload: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        """(label name, value) pairs, in the order they are added."""
+        workload = (("workload", self.workload),) if self.workload else ()
+        return (("namespace", self.namespace), ("pod", self.pod), *workload, *self.labels)
+
+
+@dataclass(frozen=True, slots=True)
 class GpuActivity:
     """How busy each tenant kept one physical GPU over the stretch that ended at `t` (since the
     source's previous activity reading of that GPU). Values are fractions of the whole GPU's

@@ -224,6 +224,7 @@ class Accountant:
         """Stop accounting for a server removed by a config reload; its attributed energy stays attributed."""
         del self.ledgers[server], self._pending[server]
         self.model_cap.remove(server)
+        self.gate.forget("server", server)
         for key in [k for k in self._bands if k[0] == server]:
             del self._bands[key]
 

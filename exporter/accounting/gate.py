@@ -156,6 +156,13 @@ class Gate:
         else:
             log.info("readings valid again", **{kind: name})
 
+    def forget(self, kind: str, name: str) -> None:
+        """Drop what is kept of a GPU or server that is gone (a removed or departed server)."""
+        self._logged.pop((kind, name), None)
+        if kind == "server":
+            for key in [k for k in self._scrapes if k[0] == name]:
+                del self._scrapes[key]
+
     def rejections(self) -> Rejections:
         return Rejections(
             tuple(sorted(self._energy.items())),

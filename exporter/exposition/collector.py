@@ -14,7 +14,7 @@ from typing import Literal
 
 from exporter.accounting.book import ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.config import Derived
-from exporter.values import Gpu, PodRef, TokenType
+from exporter.values import Gpu, PodLabels, TokenType
 
 _TOKEN_TYPES = tuple(TokenType)
 
@@ -70,13 +70,27 @@ class PlacementHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryHealth:
+    """Pod discovery (absent with `discovery.source: none`)."""
+
+    up: bool
+    servers: int
+    """Discovered servers scraped now."""
+    rejected: tuple[tuple[str, int], ...]
+    """Pods chosen for scraping but skipped for wrong annotations, by reason."""
+    errors: tuple[tuple[str, str, int], ...]
+    """Failed Kubernetes API requests so far: (request, reason, count)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     version: str
     source: SourceHealth
     targets: tuple[TargetHealth, ...]
     placement: PlacementHealth | None = None
-    pods: tuple[tuple[str, PodRef], ...] = ()
-    """Server name -> the pod it runs in: its series carry `namespace` and `pod` labels."""
+    pods: tuple[tuple[str, PodLabels], ...] = ()
+    """Server name -> the labels of the pod it runs in, which its series carry."""
+    discovery: DiscoveryHealth | None = None
     internal_errors: tuple[tuple[str, int], ...] = ()
     """Unexpected exceptions so far, by component."""
     reload_successful: bool = True
@@ -328,6 +342,22 @@ PLACEMENT_ERRORS = _counter(
     "Failed calls to the kubelet's pod-resources API, by reason.",
     "source", "reason",
 )  # fmt: skip
+DISCOVERY_UP = _gauge(
+    "tokenwatt_discovery_up",
+    "1 if the latest list or watch of the node's pods succeeded; while 0 the last view stays in force.",
+    "source",
+)
+DISCOVERED_SERVERS = _gauge("tokenwatt_discovered_servers", "Discovered servers scraped now.", "source")
+DISCOVERY_REJECTED = _gauge(
+    "tokenwatt_discovery_rejected_pods",
+    "Pods chosen for scraping but skipped because their annotations are wrong, by reason.",
+    "source", "reason",
+)  # fmt: skip
+DISCOVERY_ERRORS = _counter(
+    "tokenwatt_discovery_errors",
+    "Failed requests to the Kubernetes API, by request (list, watch, owner) and reason.",
+    "source", "request", "reason",
+)  # fmt: skip
 REJECTED_READINGS = _counter(
     "tokenwatt_energy_rejected_readings",
     "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
@@ -372,6 +402,7 @@ def _families(snap: Snapshot, health: Health) -> Iterator[FamilySamples]:
     yield from _accounting_families(snap, jpt)
     yield from _health_families(health)
     yield from _placement_families(health.placement)
+    yield from _discovery_families(health.discovery)
     yield from _rejection_families(snap)
 
 
@@ -561,6 +592,18 @@ def _placement_families(placement: PlacementHealth | None) -> Iterator[FamilySam
         return
     yield PLACEMENT_UP, [(("kubelet",), 1.0 if placement.up else 0.0)]
     yield PLACEMENT_ERRORS, ((("kubelet", reason), count) for reason, count in placement.errors)
+
+
+def _discovery_families(discovery: DiscoveryHealth | None) -> Iterator[FamilySamples]:
+    if discovery is None:
+        return
+    yield DISCOVERY_UP, [(("kubernetes",), 1.0 if discovery.up else 0.0)]
+    yield DISCOVERED_SERVERS, [(("kubernetes",), discovery.servers)]
+    yield DISCOVERY_REJECTED, ((("kubernetes", reason), count) for reason, count in discovery.rejected)
+    yield (
+        DISCOVERY_ERRORS,
+        ((("kubernetes", request, reason), count) for request, reason, count in discovery.errors),
+    )
 
 
 def _rejection_families(snap: Snapshot) -> Iterator[FamilySamples]:

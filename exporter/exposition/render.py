@@ -18,8 +18,7 @@ from collections.abc import Iterable, Mapping
 from exporter.accounting.book import Snapshot
 from exporter.config import Derived
 from exporter.exposition.collector import Family, FamilySamples, Health, TokenwattCollector, families
-from exporter.exposition.pod_labels import pod_labels
-from exporter.values import PodRef
+from exporter.values import PodLabels
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The media type of what `PageWriter` writes: Prometheus' text format 0.0.4."""
@@ -74,8 +73,8 @@ class PageWriter:
         self._extras: dict[str, tuple[tuple[str, str], ...]] = {}
         """The pod labels of each server, as the kept text has them."""
 
-    def write(self, families: Iterable[FamilySamples], pods: Mapping[str, PodRef]) -> bytes:
-        extras = {server: pod_labels(pod) for server, pod in pods.items()}
+    def write(self, families: Iterable[FamilySamples], pods: Mapping[str, PodLabels]) -> bytes:
+        extras = {server: pod.items() for server, pod in pods.items()}
         # Servers whose kept text has other pod labels than they have now: their text is rebuilt.
         moved = {s for s in extras.keys() | self._extras.keys() if extras.get(s) != self._extras.get(s)}
         kept: dict[str, dict[tuple[str, ...], str]] = {}

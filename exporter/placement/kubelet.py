@@ -201,8 +201,9 @@ class KubeletRefresher:
 
     async def refresh(self) -> bool:
         """Ask the kubelet once; True when a server's devices changed. Never raises a kubelet failure."""
+        pods = self.pods  # the daemon may swap in new pods while the kubelet answers
         by_pod: dict[PodRef, list[str]] = {}
-        for server, pod in self.pods.items():
+        for server, pod in pods.items():
             by_pod.setdefault(pod, []).append(server)
         try:
             found = await self.client.devices(list(by_pod))
@@ -217,7 +218,7 @@ class KubeletRefresher:
         self.up, self.reason, self.failures = True, None, 0
         missing = frozenset(s for pod, servers in by_pod.items() if not found[pod] for s in servers)
         for server in sorted(missing - self._missing):
-            pod = self.pods[server]
+            pod = pods[server]
             log.warning("no GPU allocated to the pod on this node", server=server, pod=_name(pod))
         self._missing = missing
         devices = {server: found[pod] for pod, servers in by_pod.items() for server in servers}
@@ -277,9 +278,10 @@ def place(
 
 
 def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefresher | None:
-    """The refresher of a config's pods; None with static placement or no server that is a pod."""
+    """The refresher of a config's pods; None with static placement, or no server that is a pod and no
+    discovery of pods."""
     pods = {s.name: PodRef.named(s.pod) for s in config.servers if s.pod is not None}
-    if config.placement.source != "kubelet" or not pods:
+    if config.placement.source != "kubelet" or not (pods or config.discovery.source == "kubernetes"):
         return None
     k = config.placement.kubelet
     return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval, on_change)

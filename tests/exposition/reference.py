@@ -13,12 +13,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.exposition.collector import FamilySamples
-from exporter.exposition.pod_labels import pod_labels
-from exporter.values import PodRef
+from exporter.values import PodLabels
 
 
 class _Families(Collector):
-    def __init__(self, families: Iterable[FamilySamples], pods: Mapping[str, PodRef]) -> None:
+    def __init__(self, families: Iterable[FamilySamples], pods: Mapping[str, PodLabels]) -> None:
         self.families = families
         self.pods = pods
 
@@ -31,11 +30,11 @@ class _Families(Collector):
             for i, sample in enumerate(metric.samples):
                 pod = self.pods.get(sample.labels.get("server", ""))
                 if pod is not None:
-                    metric.samples[i] = sample._replace(labels={**sample.labels, **dict(pod_labels(pod))})
+                    metric.samples[i] = sample._replace(labels={**sample.labels, **dict(pod.items())})
             yield metric
 
 
-def prometheus_client_text(families: Iterable[FamilySamples], pods: Mapping[str, PodRef]) -> bytes:
+def prometheus_client_text(families: Iterable[FamilySamples], pods: Mapping[str, PodLabels]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families, pods))
     return generate_latest(registry)

@@ -21,14 +21,14 @@ from exporter.accounting.split import EnergySplit
 from exporter.accounting.tariff import Tariff
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth
 from exporter.placement import Share
-from exporter.values import Gpu, PodRef
+from exporter.values import Gpu, PodLabels
 
 WINDOWS_S = (60.0, 300.0, 900.0)
 BANDS = ("1-4", "5-16", "17-64", "65-256", "257+")
 
 
 def steady_snapshot(
-    servers: int, gpus: int = 8, pods: tuple[tuple[str, PodRef], ...] = ()
+    servers: int, gpus: int = 8, pods: tuple[tuple[str, PodLabels], ...] = ()
 ) -> tuple[Snapshot, Health]:
     """`servers` single-model servers (`server-0000`, …) spread over `gpus` GPUs."""
     devices = [

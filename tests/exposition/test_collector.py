@@ -12,7 +12,7 @@ from exporter.accounting.book import GpuFigures, ModelFigures, ServerFigures, Sn
 from exporter.config import Derived
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth, families, window_label
 from exporter.exposition.render import PageWriter, render_text
-from exporter.values import Gpu, PodRef
+from exporter.values import Gpu, PodLabels
 from tests.conftest import require_tool
 from tests.exposition.reference import prometheus_client_text
 from tests.exposition.snapshots import steady_snapshot
@@ -74,7 +74,7 @@ HOSTILE = 'a "quoted"\\back\nslash ünï'
 
 
 def hostile_snapshot() -> tuple[Snapshot, Health]:
-    snap, health = steady_snapshot(3, gpus=2, pods=(("server-0001", PodRef("ns", HOSTILE)),))
+    snap, health = steady_snapshot(3, gpus=2, pods=(("server-0001", PodLabels("ns", HOSTILE)),))
     models = tuple(replace(m, model=HOSTILE) for m in snap.servers[0].models)
     servers = (replace(snap.servers[0], models=models), *snap.servers[1:])
     return replace(snap, servers=servers), replace(health, version=HOSTILE, internal_errors=(("energy", 2),))
@@ -107,7 +107,7 @@ def test_kept_series_text_follows_the_page() -> None:
     writer = PageWriter()
     big, big_health = steady_snapshot(5, gpus=2)
     small, small_health = steady_snapshot(2, gpus=2)
-    pods = {"server-0001": PodRef("ns", "p")}
+    pods = {"server-0001": PodLabels("ns", "p")}
     writer.write(families(big, big_health, Derived.ALL), {})
     kept_big = sum(len(s) for s in writer._series.values())
     page = writer.write(families(small, small_health, Derived.ALL), pods)
