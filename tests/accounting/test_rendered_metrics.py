@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.book import Accountant
 from exporter.accounting.tariff import Tariff
 from exporter.exposition.collector import Health, SourceHealth, TokenwattCollector
 from tests.accounting.builders import GPU0, GPU1, energy, place, scrape
+from tests.helpers import samples
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -18,12 +18,7 @@ def _render(acc: Accountant, now: float) -> dict[tuple[str, Labels], float]:
     health = Health("0", SourceHealth("simulated", True, None, ()), ())
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TokenwattCollector(lambda: (acc.snapshot(now), health)))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples(generate_latest(registry).decode())
 
 
 def _trace(acc: Accountant) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.book import GpuFigures, ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.exposition.collector import (
@@ -14,6 +13,7 @@ from exporter.exposition.collector import (
     window_label,
 )
 from exporter.values import Gpu
+from tests.helpers import samples
 
 
 def test_window_labels() -> None:
@@ -25,12 +25,7 @@ def test_window_labels() -> None:
 def render(snapshot: Snapshot, health: Health) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TokenwattCollector(lambda: (snapshot, health)))
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    return samples(generate_latest(registry).decode())
 
 
 def test_snapshot_rendering() -> None:
