@@ -57,6 +57,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow  # TOKENWATT_CHAOS_S, 150 s by default
 async def test_chaos(tmp_path: Path) -> None:
     rng = random.Random(12)
     targets = [FaultyTarget(model=f"m{i}", slow_s=0.6) for i in range(TARGETS)]

@@ -126,6 +126,7 @@ async def test_unreachable_target_is_down_and_keeps_its_counters() -> None:
         assert kept >= value(before, "tokenwatt_server_tokens_total", token_type=token_type, **model) > 0
 
 
+@pytest.mark.tools  # promtool
 async def test_metrics_pass_promtool_and_are_all_documented() -> None:
     promtool = require_tool("promtool")
     async with running_rig() as rig:

@@ -31,6 +31,8 @@ from tests.deploy.packaging import (
 )
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.tools  # helm, kubectl, kubernetes-validate, checkov, hadolint
+
 SERVERS = [{"name": "llama-70b", "url": "http://127.0.0.1:8000/metrics", "kind": "vllm", "interval": "1s"}]
 BCRYPT_HASH = "$2b$10$QKnGDoNHUjWm/M4S3ZJqLOE5PeJhHC3B.mwnzJPgrJJ1Wf0xIg9fq"
 

@@ -121,6 +121,7 @@ async def _malformed_requests(base: str) -> int:
     return len(requests) * 3
 
 
+@pytest.mark.slow  # RUN_S of hostile sources and clients
 async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> None:
     pid = daemon.process.pid
     polls: list[dict[Series, float]] = []

@@ -191,6 +191,7 @@ def assert_invariant(daemon: Daemon) -> None:
     assert given == pytest.approx(attributed + pending, rel=1e-9, abs=1e-6)
 
 
+@pytest.mark.tools  # promtool
 async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
     async with placed_rig() as rig:
         await asyncio.sleep(5.0)

@@ -33,6 +33,8 @@ from tests.helpers import run_cli
 from tests.real_vllm.exported import MODEL, SERVER, Exported, read_exported, spikes
 from tests.real_vllm.vllm_server import CompletionUsage, VLLMServer
 
+pytestmark = pytest.mark.tools  # vLLM
+
 ROOT = Path(__file__).resolve().parents[2]
 
 if os.environ.get("TOKENWATT_SKIP_REAL_VLLM") == "1" and not UNDER_CI:

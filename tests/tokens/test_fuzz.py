@@ -12,12 +12,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import require_module
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
+@pytest.mark.slow  # TOKENWATT_FUZZ_SECONDS of fuzzing
 def test_mutated_pages_never_crash_or_hang(tmp_path: Path) -> None:
     require_module("atheris")  # missing: a skip outside CI, a failure under CI
     corpus = tmp_path / "corpus"
