@@ -125,9 +125,12 @@ class Daemon:
         listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.running = asyncio.create_task(self.run(self.stopping, listening.set_result))
         first: list[asyncio.Future[Any]] = [listening, self.running]  # run() may fail before it listens
-        await asyncio.wait(first, timeout=START_STOP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(first, timeout=START_STOP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not listening.done():  # run() failed (its error is raised here), a deadline or a cancel
+                await self.__aexit__()
         if not listening.done():
-            await self.__aexit__()
             raise TimeoutError(f"the daemon did not listen within {START_STOP_TIMEOUT_S}s")
         return self
 
