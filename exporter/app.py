@@ -49,6 +49,8 @@ log = structlog.get_logger("tokenwatt")
 
 EXIT_CRASHING = 1
 CLOSE_TIMEOUT_S = 0.5
+START_STOP_TIMEOUT_S = 10.0
+"""`async with Daemon(...)`: the deadline to start listening, and to stop."""
 RELOADABLE = frozenset({"servers", "web_config_file"})
 """Top-level keys a reload applies; a change to any other key needs a restart."""
 
@@ -120,6 +122,30 @@ class Daemon:
         self.roster = Roster(config.discovery.kubernetes.grace_period, self._forget)
         self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
+        self.stopping = asyncio.Event()
+        """`async with`: set to stop `running`."""
+        self.running: asyncio.Task[int] | None = None
+        """`async with`: `run()`, whose result is the exit code."""
+
+    async def __aenter__(self) -> Daemon:
+        """Start `run()` in the task `running`; return once it listens on `url`, as aiohttp's `AppRunner`."""
+        listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.running = asyncio.create_task(self.run(self.stopping, listening.set_result))
+        first: list[asyncio.Future[Any]] = [listening, self.running]  # run() may fail before it listens
+        try:
+            await asyncio.wait(first, timeout=START_STOP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not listening.done():  # run() failed (its error is raised here), a deadline or a cancel
+                await self.__aexit__()
+        if not listening.done():
+            raise TimeoutError(f"the daemon did not listen within {START_STOP_TIMEOUT_S}s")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        """Stop `running` and wait (within the deadline) for it to end; its errors propagate."""
+        assert self.running is not None, "entered first"
+        self.stopping.set()
+        await asyncio.wait_for(self.running, START_STOP_TIMEOUT_S)
 
     def snapshot(self) -> tuple[Snapshot, Health]:
         placement = self.accountant.placement

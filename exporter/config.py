@@ -385,7 +385,7 @@ def pod_label_name(key: str) -> str:
 
 
 def _label_selector(value: object) -> str:
-    """Its syntax is checked where it is parsed (`exporter.discovery.selector`, by `config_file`)."""
+    """Its syntax is checked where it is parsed (`exporter.kube.selector`, by `config_file`)."""
     if not isinstance(value, str):
         raise ValueError(f"expected a Kubernetes label selector such as app=vllm, got {show(value)}")
     return value

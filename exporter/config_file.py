@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from exporter.config import Config, ConfigError, show
-from exporter.discovery.selector import parse_label_selector
+from exporter.kube.selector import parse_label_selector
 from exporter.logs import clean
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +26,17 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def require_module(name: str) -> ModuleType:
+    """A Python package the test needs; a missing one skips the test, or fails it under CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"the Python package {name} is not installed (scripts/test installs it)"
+        if UNDER_CI:
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def free_port() -> int:

@@ -28,7 +28,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.faults.parts import TARGET_FAULTS, FaultyTarget
-from tests.faults.rig import Watcher, parse
+from tests.faults.rig import Watcher
+from tests.helpers import samples
 
 CHAOS_S = float(os.environ.get("TOKENWATT_CHAOS_S", "150"))
 WARM_UP_S = CHAOS_S * 0.3
@@ -56,6 +57,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow  # TOKENWATT_CHAOS_S, 150 s by default
 async def test_chaos(tmp_path: Path) -> None:
     rng = random.Random(12)
     targets = [FaultyTarget(model=f"m{i}", slow_s=0.6) for i in range(TARGETS)]
@@ -81,7 +83,7 @@ async def test_chaos(tmp_path: Path) -> None:
             with contextlib.suppress(aiohttp.ClientConnectionError):
                 async with session.get(base + "/metrics") as resp:
                     if resp.status == 200:
-                        watcher.check(parse(await resp.text()))
+                        watcher.check(samples(await resp.text()))
             await asyncio.sleep(rng.uniform(0.1, 0.4))
 
     async def break_targets() -> None:

@@ -7,17 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import run_cli
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def tokenwatt(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
 def test_help_lists_the_commands() -> None:
-    result = tokenwatt("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("run", "demo", "probe", "check-config"):
         assert command in result.stdout
@@ -26,12 +22,12 @@ def test_help_lists_the_commands() -> None:
 def test_check_config_valid_and_invalid(tmp_path: Path) -> None:
     good = tmp_path / "good.yml"
     good.write_text("servers:\n  - {name: a, url: 'http://127.0.0.1:8000/metrics'}\n")
-    ok = tokenwatt("check-config", str(good))
+    ok = run_cli("check-config", str(good))
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     bad = tmp_path / "bad.yml"
     bad.write_text("energy: {interval: soon}\nservers:\n  - {name: a, url: nope, kind: vllm}\n")
-    result = tokenwatt("check-config", str(bad))
+    result = run_cli("check-config", str(bad))
     assert result.returncode == 2
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2, lines
@@ -43,14 +39,14 @@ def test_check_config_valid_and_invalid(tmp_path: Path) -> None:
 def test_run_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("windows: []\n")
-    result = tokenwatt("run", "--config", str(bad))
+    result = run_cli("run", "--config", str(bad))
     assert result.returncode == 2
     assert "windows must list at least one duration" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_probe_json_on_the_real_vllm_page() -> None:
-    result = tokenwatt("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"), "--json")
+    result = run_cli("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["server_kind"] == "vllm"
@@ -60,11 +56,11 @@ def test_probe_json_on_the_real_vllm_page() -> None:
 
 
 def test_probe_table_and_missing_file() -> None:
-    table = tokenwatt("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"))
+    table = run_cli("probe", str(FIXTURES / "vllm-0.32.0-cpu.metrics.txt"))
     assert table.returncode == 0
     assert table.stdout.splitlines()[0] == "server kind: vllm"
     assert "tiny" in table.stdout and "608" in table.stdout and "612" in table.stdout
-    missing = tokenwatt("probe", "/nonexistent/metrics.txt")
+    missing = run_cli("probe", "/nonexistent/metrics.txt")
     assert missing.returncode == 2
     assert "/nonexistent/metrics.txt" in missing.stderr
 
@@ -72,7 +68,7 @@ def test_probe_table_and_missing_file() -> None:
 def test_run_listen_override_is_validated(tmp_path: Path) -> None:
     config = tmp_path / "c.yml"
     config.write_text("energy: {source: simulated}\n")
-    result = tokenwatt("run", "--config", str(config), "--listen", "nowhere")
+    result = run_cli("run", "--config", str(config), "--listen", "nowhere")
     assert result.returncode == 2
     assert (
         result.stderr.strip() == "tokenwatt: --listen: expected HOST:PORT such as 0.0.0.0:9839, got 'nowhere'"

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +22,7 @@ from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet, SimulatedSource
 from tests.conftest import require_tool
+from tests.helpers import get_text, samples, value
 
 # Always busy (so every served page has a distinct count) but changing load every second or so,
 # off the energy sampling grid, so interpolation is exercised across load steps.
@@ -57,43 +57,12 @@ async def running_rig(gpus: int = 2) -> AsyncIterator[Rig]:
             "windows": ["1m"],
         }
     )
-    daemon = Daemon(config, SimulatedSource(fleet))
     try:
-        async with serving(daemon) as url:
-            yield Rig(daemon, fleet, inference, url)
+        async with Daemon(config, SimulatedSource(fleet)) as daemon:
+            assert daemon.url is not None
+            yield Rig(daemon, fleet, inference, daemon.url)
     finally:
         await inference.stop()
-
-
-@contextlib.asynccontextmanager
-async def serving(daemon: Daemon) -> AsyncIterator[str]:
-    """Run the daemon until the block ends; yields its /metrics URL."""
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    try:
-        yield await asyncio.wait_for(listening, 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
-
-
-async def get_text(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        assert resp.status == 200
-        return await resp.text()
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return found[(name, frozenset(labels.items()))]
 
 
 async def test_joules_per_token_matches_simulator_ground_truth() -> None:
@@ -157,6 +126,7 @@ async def test_unreachable_target_is_down_and_keeps_its_counters() -> None:
         assert kept >= value(before, "tokenwatt_server_tokens_total", token_type=token_type, **model) > 0
 
 
+@pytest.mark.tools  # promtool
 async def test_metrics_pass_promtool_and_are_all_documented() -> None:
     promtool = require_tool("promtool")
     async with running_rig() as rig:

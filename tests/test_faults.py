@@ -24,7 +24,8 @@ from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFle
 from exporter.pollers import EnergyPoller, TargetPoller
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 from tests.faults.parts import FaultySource, FaultyTarget
-from tests.faults.rig import INTERVAL_S, Rig, Series, parse, running, value
+from tests.faults.rig import INTERVAL_S, Rig, running, value
+from tests.helpers import Series, samples
 
 
 def assert_cadence(rig: Rig, since: float, *targets: int) -> None:
@@ -232,10 +233,6 @@ async def test_a_dcgm_exporter_that_serves_garbage_or_freezes_is_down_not_up_wit
     energy = {"source": "dcgm_exporter", "interval": "100ms",
               "dcgm_exporter": {"url": url, "collect_interval": "300ms"}}  # fmt: skip
     config = validate_config({"listen": "127.0.0.1:0", "energy": energy})
-    daemon = Daemon(config, await DcgmExporterSource.open(config.energy))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
 
     async def collecting() -> None:
         while True:
@@ -245,12 +242,16 @@ async def test_a_dcgm_exporter_that_serves_garbage_or_freezes_is_down_not_up_wit
 
     collector = asyncio.create_task(collecting())
     try:
-        base = (await asyncio.wait_for(listening, 5)).removesuffix("/metrics")
-        async with aiohttp.ClientSession() as session:
+        async with (
+            Daemon(config, await DcgmExporterSource.open(config.energy)) as daemon,
+            aiohttp.ClientSession() as session,
+        ):
+            assert daemon.url is not None
+            base = daemon.url.removesuffix("/metrics")
 
             async def scrape() -> tuple[dict[Series, float], int, str]:
                 async with session.get(base + "/metrics") as m, session.get(base + "/readyz") as r:
-                    return parse(await m.text()), r.status, await r.text()
+                    return samples(await m.text()), r.status, await r.text()
 
             async def source_is(up: float) -> bool:
                 found, _, _ = await scrape()
@@ -271,8 +272,6 @@ async def test_a_dcgm_exporter_that_serves_garbage_or_freezes_is_down_not_up_wit
             frozen, frozen_status, frozen_body = await scrape()
     finally:
         collector.cancel()
-        stop.set()
-        await asyncio.wait_for(task, 5)
         await runner.cleanup()
     labels = {"source": "dcgm_exporter"}
     assert (value(garbage, "tokenwatt_energy_read_errors_total", reason="parse", **labels) or 0) >= 1

@@ -22,7 +22,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.faults.parts import FaultyTarget
-from tests.faults.rig import parse, value
+from tests.faults.rig import value
+from tests.helpers import samples
 
 INTERVAL_S = 0.2
 
@@ -95,13 +96,13 @@ async def test_sighup_adds_and_removes_servers_without_disturbing_the_others(
     try:
         await daemon.until("ready", lambda: _ready(daemon))
         await asyncio.sleep(1.0)
-        before = parse((await daemon.get("/metrics"))[1])
+        before = samples((await daemon.get("/metrics"))[1])
         since = time.monotonic()
         write_config(config, port, {"b": b.url, "c": c.url})
         daemon.proc.send_signal(signal.SIGHUP)
         await daemon.until("c scraped", lambda: _up(daemon, "c"))
         await asyncio.sleep(1.0)
-        after = parse((await daemon.get("/metrics"))[1])
+        after = samples((await daemon.get("/metrics"))[1])
         b_cadence = b.cadence_s(since, time.monotonic())
         a_after = [t for t in a.requests if t > since + 0.5]
 
@@ -111,7 +112,7 @@ async def test_sighup_adds_and_removes_servers_without_disturbing_the_others(
         status, body = await daemon.post("/-/reload")
         daemon.proc.send_signal(signal.SIGUSR1)
         await asyncio.sleep(0.5)
-        still = parse((await daemon.get("/metrics"))[1])
+        still = samples((await daemon.get("/metrics"))[1])
         assert daemon.proc.poll() is None  # SIGUSR1 did not end it
         code, took = daemon.terminate_within(2.0)
     finally:
@@ -164,9 +165,9 @@ async def _ready(daemon: Process) -> bool:
 
 
 async def _up(daemon: Process, server: str) -> bool:
-    return value(parse((await daemon.get("/metrics"))[1]), "tokenwatt_target_up", server=server) == 1.0
+    return value(samples((await daemon.get("/metrics"))[1]), "tokenwatt_target_up", server=server) == 1.0
 
 
 async def _reload_ok(daemon: Process, expected: float) -> bool:
-    found = parse((await daemon.get("/metrics"))[1])
+    found = samples((await daemon.get("/metrics"))[1])
     return value(found, "tokenwatt_config_last_reload_successful") == expected

@@ -16,7 +16,7 @@ from exporter.app import Daemon
 from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, SharedFleet, SharedGpu, SimulatedSource, Tenant
-from tests.test_end_to_end import get_text, samples, serving, value
+from tests.helpers import get_text, samples, value
 
 FULL_W = 400.0
 UIDS = {"ts-a": "0a0a0a0a-0000-4000-8000-00000000000a", "ts-b": "0b0b0b0b-0000-4000-8000-00000000000b"}
@@ -79,11 +79,11 @@ async def test_shared_and_mig_gpus_are_split_by_measured_activity() -> None:
             "windows": ["1m"],
         }
     )
-    daemon = Daemon(config, SimulatedSource(fleet))
     try:
-        async with serving(daemon) as url:
+        async with Daemon(config, SimulatedSource(fleet)) as daemon:
             await asyncio.sleep(6.0)
-            found = samples(await get_text(url))
+            assert daemon.url is not None
+            found = samples(await get_text(daemon.url))
     finally:
         for server in servers.values():
             await server.stop()

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.conftest import UNDER_CI, require_tool
+from tests.conftest import require_module, require_tool
 from tests.deploy.artifacts import PROMETHEUS_DIR, REPO
 
 CHART_DIR = REPO / "helm" / "tokenwatt"
@@ -26,17 +23,6 @@ RULE_COPIES = {
     CHART_DIR / "files" / "alerts.yml": PROMETHEUS_DIR / "alerts.yml",
 }
 WORKLOAD_KINDS = frozenset({"DaemonSet", "Deployment"})
-
-
-def require_module(name: str) -> ModuleType:
-    """A Python package the test needs: skipped outside CI when missing, failed under CI=true."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        message = f"the Python package {name} is not installed (it is in the test extra)"
-        if UNDER_CI:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def run_tool(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -77,12 +77,14 @@ def type_check(named_dashboards: dict[str, dict[str, Any]]) -> subprocess.Comple
         )  # fmt: skip
 
 
+@pytest.mark.tools  # npm, tsc
 def test_dashboards_satisfy_grafanas_schema() -> None:
     assert len(DASHBOARDS) == 3
     result = type_check(dict(zip(IDS, DASHBOARDS, strict=True)))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.tools  # npm, tsc
 def test_the_schema_check_rejects_what_grafana_would_not_load() -> None:
     """The check is real: an unknown panel key and a threshold mode Grafana does not have fail it."""
     unknown_key = json.loads(json.dumps(DASHBOARDS[0]))

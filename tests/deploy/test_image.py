@@ -24,6 +24,8 @@ from tests.conftest import UNDER_CI
 from tests.deploy.artifacts import REPO
 from tests.deploy.packaging import by_name, containers, render
 
+pytestmark = pytest.mark.tools  # docker, mmdebstrap
+
 IMAGE_TEST = REPO / "scripts" / "image-test"
 
 

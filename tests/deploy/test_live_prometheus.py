@@ -264,6 +264,7 @@ PANEL_QUERIES = [q for path in DASHBOARD_FILES for q in panel_queries(load_dashb
 @pytest.mark.parametrize(
     "name", [pytest.param(n, id=n, marks=_marks(n)) for n in RULE_NAMES]
 )  # fmt: skip
+@pytest.mark.tools  # prometheus
 def test_recording_rule_returns_data(answers: Answers, name: str) -> None:
     result = answers.rules[name]
     assert result, f"{name} has no data"
@@ -276,6 +277,7 @@ def test_recording_rule_returns_data(answers: Answers, name: str) -> None:
     "query",
     [pytest.param(q, id=f"{q.dashboard}: {q.panel} {q.ref_id}", marks=_marks(q.expr)) for q in PANEL_QUERIES],
 )
+@pytest.mark.tools  # prometheus
 def test_dashboard_query_returns_data(answers: Answers, query: PanelQuery) -> None:
     for expr, result in answers.panels[query].items():
         if EMPTY_WHILE_HEALTHY.search(expr):
@@ -284,6 +286,7 @@ def test_dashboard_query_returns_data(answers: Answers, query: PanelQuery) -> No
             assert result, f"{query.panel}: no data for {expr}"
 
 
+@pytest.mark.tools  # prometheus
 def test_every_rule_evaluates_without_error(prometheus: LivePrometheus) -> None:
     def evaluated() -> bool:
         return all(r.get("evaluationTime", 0) > 0 for g in prometheus.rule_groups() for r in g["rules"])
@@ -355,6 +358,7 @@ def assert_rates_start_at_the_baseline(live: LivePrometheus, at: float) -> None:
     ],
     ids=["joules", "cost", "carbon", "tokens_per_joule", "active_joules"],
 )
+@pytest.mark.tools  # prometheus
 def test_recorded_fleet_figure_agrees_with_the_exporter(
     prometheus: LivePrometheus, recorded: str, exported: str, scale: float
 ) -> None:
@@ -392,6 +396,7 @@ def test_recorded_fleet_figure_agrees_with_the_exporter(
         )
 
 
+@pytest.mark.tools  # prometheus
 def test_the_demo_leaves_failure_counters_empty_and_the_alerts_quiet(prometheus: LivePrometheus) -> None:
     firing = prometheus.query('ALERTS{alertstate="firing"}')
     assert firing == [], firing

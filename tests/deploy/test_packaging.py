@@ -8,16 +8,13 @@ style; kustomize builds deploy/k8s; `tokenwatt check-config` reads every tokenwa
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.artifacts import REPO
 from tests.deploy.packaging import (
     CHART_DIR,
     DOCKERFILE,
@@ -32,6 +29,9 @@ from tests.deploy.packaging import (
     require_module,
     run_tool,
 )
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.tools  # helm, kubectl, kubernetes-validate, checkov, hadolint
 
 SERVERS = [{"name": "llama-70b", "url": "http://127.0.0.1:8000/metrics", "kind": "vllm", "interval": "1s"}]
 BCRYPT_HASH = "$2b$10$QKnGDoNHUjWm/M4S3ZJqLOE5PeJhHC3B.mwnzJPgrJJ1Wf0xIg9fq"
@@ -434,15 +434,7 @@ def test_kustomize_builds_the_daemonset_and_the_sidecar_example(kustomized: Path
 
 
 def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=None if env is None else {**os.environ, **env},
-    )
+    return run_cli("check-config", str(path), env=env)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))

@@ -35,12 +35,14 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("path", RULE_FILES, ids=lambda p: p.name)
+@pytest.mark.tools  # promtool
 def test_promtool_check_rules(path: Path) -> None:
     result = promtool("check", "rules", path.name)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", RULE_TEST_FILES, ids=lambda p: p.name)
+@pytest.mark.tools  # promtool
 def test_promtool_test_rules(path: Path) -> None:
     result = promtool("test", "rules", path.name)
     assert result.returncode == 0, result.stdout + result.stderr

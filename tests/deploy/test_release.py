@@ -2,7 +2,7 @@
 `twine check` reads them as PyPI would, and each installs into a fresh virtual environment and runs.
 
 build and twine run from a virtual environment of their own: twine needs a newer `packaging` than
-checkov (in the test extra) allows, so they cannot share one environment with the test extra.
+checkov (in the deploy extra) allows, so they cannot share one environment with the deploy extra.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from exporter import __version__
 from tests.conftest import free_port
 from tests.deploy.artifacts import REPO
 from tests.test_demo import fetch, output_jpt_1m
+
+pytestmark = pytest.mark.tools  # build, twine and pip in fresh virtual environments
 
 RELEASE_TOOLS = ("build==1.6.1", "twine==7.0.0")
 

@@ -12,7 +12,7 @@ from lightkube.resources.core_v1 import Pod
 from exporter.config import ConfigError, pod_label_name
 from exporter.config_file import validate_config
 from exporter.discovery.pods import Owner, PodRejected, target_of
-from exporter.discovery.selector import parse_label_selector
+from exporter.kube.selector import parse_label_selector
 from tests.fakes.kube_api import PODS, FakeKubeApi, owner, pod
 
 API = FakeKubeApi()

@@ -16,7 +16,7 @@ def real_pynvml(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     try:
         module = importlib.import_module("pynvml")
     except ImportError:
-        pytest.fail("nvidia-ml-py is part of the test extra: pip install -e '.[test]'")
+        pytest.fail("nvidia-ml-py is part of the dev extra: pip install -e '.[dev]'")
     return module
 
 

@@ -142,7 +142,7 @@ def test_error_reasons_are_snake_case_names_of_the_error(fake_nvml: ModuleType) 
 async def test_real_nvidia_ml_py_without_a_driver_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real package imports without a GPU; `nvmlInit` raises `NVMLError_LibraryNotFound`."""
     if importlib.util.find_spec("pynvml") is None:
-        pytest.fail("nvidia-ml-py is part of the test extra: pip install -e '.[test]'")
+        pytest.fail("nvidia-ml-py is part of the dev extra: pip install -e '.[dev]'")
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)
     real = importlib.import_module("pynvml")
     assert "fakes" not in str(real.__file__)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
@@ -21,6 +17,7 @@ from exporter.config_file import validate_config
 from exporter.energy import EnergySource, EnergySourceUnavailable
 from exporter.energy.select import AUTO_ORDER, SOURCES, open_source
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
+from tests.helpers import get_text, run_cli, samples
 
 GPU_A = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141516"
 GPU_B = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141517"
@@ -119,14 +116,7 @@ async def test_pre_volta_gpu_is_logged_and_labelled(fake_nvml: ModuleType) -> No
 def tokenwatt_run(tmp_path: Path, energy: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "tokenwatt.yml"
     config.write_text(f"energy: {energy}\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=10,  # the promise: a clear exit within 10 s, never a hang
-        env=env,
-    )
+    return run_cli("run", "--config", str(config), timeout=10)  # the promise: a clear exit within 10 s
 
 
 @pytest.mark.skipif(not no_nvidia_gpu_here(), reason="this machine has an NVIDIA GPU")
@@ -169,29 +159,18 @@ async def test_daemon_on_a_dcgm_exporter_exposes_refresh_period_and_counts_mig_o
             "energy": {"source": "dcgm_exporter", "interval": "50ms", "dcgm_exporter": {"url": url}},
         }
     )
-    daemon = Daemon(config, await open_source(config.energy))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    metrics_url = await asyncio.wait_for(listening, 5)
     try:
-        for _ in range(4):  # four collects, 0.4 s apart: one joule more per GPU each time
-            await asyncio.sleep(0.4)
-            for gpu in exporter.gpus:
-                gpu.energy_mj += 1_000
-            exporter.collect()
-        await asyncio.sleep(0.3)
-        async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
-            text = await resp.text()
+        async with Daemon(config, await open_source(config.energy)) as daemon:
+            for _ in range(4):  # four collects, 0.4 s apart: one joule more per GPU each time
+                await asyncio.sleep(0.4)
+                for gpu in exporter.gpus:
+                    gpu.energy_mj += 1_000
+                exporter.collect()
+            await asyncio.sleep(0.3)
+            assert daemon.url is not None
+            found = samples(await get_text(daemon.url))
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         await runner.cleanup()
-    found = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
     energy = {
         dict(labels)["uuid"]: (v, dict(labels)["method"])
         for (name, labels), v in found.items()

@@ -6,7 +6,6 @@ import subprocess
 from dataclasses import replace
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.book import GpuFigures, ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.config import Derived
@@ -16,8 +15,9 @@ from exporter.values import Gpu, PodLabels
 from tests.conftest import require_tool
 from tests.exposition.reference import prometheus_client_text
 from tests.exposition.snapshots import steady_snapshot
+from tests.helpers import Series, samples
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+Samples = dict[Series, float]
 
 
 def test_window_labels() -> None:
@@ -27,11 +27,7 @@ def test_window_labels() -> None:
 
 
 def parse(text: bytes) -> Samples:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text.decode())
-        for s in family.samples
-    }
+    return samples(text.decode())
 
 
 def test_snapshot_rendering() -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from exporter.exposition.web_config import (
     load_web_config,
 )
 from tests.conftest import require_tool
+from tests.helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +60,9 @@ async def test_tls_and_basic_auth_guard_metrics_only(cert: Path) -> None:
     )
     assert config.web_config_file == cert / "web.yml"
     web = load_web_config(config.web_config_file)
-    daemon = Daemon(config, await open_source(config.energy), web=web)
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    try:
-        url = await asyncio.wait_for(listening, 5)
+    async with Daemon(config, await open_source(config.energy), web=web) as daemon:
+        assert daemon.url is not None
+        url = daemon.url
         assert url.startswith("https://127.0.0.1:")
         trust = ssl.create_default_context(cafile=str(cert / "server.crt"))
         async with aiohttp.ClientSession() as session:
@@ -89,9 +85,6 @@ async def test_tls_and_basic_auth_guard_metrics_only(cert: Path) -> None:
             with pytest.raises(aiohttp.ClientError):  # plain HTTP is refused by the TLS listener
                 async with session.get(url.replace("https://", "http://")) as resp:
                     await resp.read()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
 
 @pytest.mark.parametrize(
@@ -123,9 +116,7 @@ def test_bad_web_configs_are_named(cert: Path, web: str, message: str) -> None:
 
 def test_check_config_validates_the_web_config(cert: Path) -> None:
     config = write_configs(cert, "basic_auth_users: {alice: plaintext}\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", str(config)], capture_output=True, text=True
-    )
+    result = run_cli("check-config", str(config))
     assert result.returncode == 2
     assert "web_config_file" in result.stdout and "expected a bcrypt hash" in result.stdout
 
@@ -161,12 +152,10 @@ async def test_password_checks_run_in_a_thread_and_successes_are_cached(
 async def test_failed_logins_are_rate_limited_per_client(cert: Path) -> None:
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     config = load_config(write_configs(cert, f"basic_auth_users:\n  prometheus: '{hashed}'\n"))
-    daemon = Daemon(config, await open_source(config.energy), web=load_web_config(cert / "web.yml"))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    try:
-        url = await asyncio.wait_for(listening, 5)
+    web = load_web_config(cert / "web.yml")
+    async with Daemon(config, await open_source(config.energy), web=web) as daemon:
+        assert daemon.url is not None
+        url = daemon.url
         async with aiohttp.ClientSession() as session:
 
             async def status(password: str) -> tuple[int, str | None]:
@@ -179,7 +168,4 @@ async def test_failed_logins_are_rate_limited_per_client(cert: Path) -> None:
             assert [await status(f"guess-{i}") for i in range(MAX_FAILURES)] == [(401, None)] * MAX_FAILURES
             assert await status("guess-again") == (429, str(int(FAILURE_WINDOW_S)))
             assert await status("s3cret") == (429, str(int(FAILURE_WINDOW_S)))  # until the window passes
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
     assert b"\ntokenwatt_http_auth_rate_limited_total 2.0\n" in render_text(*daemon.collector.snapshot())

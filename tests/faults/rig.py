@@ -15,25 +15,16 @@ from typing import Any
 
 import aiohttp
 import structlog
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Daemon
 from exporter.config_file import validate_config
 from exporter.energy.simulated import DEFAULT_PHASES, LoadSchedule, SimulatedFleet, SimulatedSource
 from exporter.logs import configure_logging
 from tests.faults.parts import FaultySource, FaultyTarget
+from tests.helpers import Series, samples, series
 
 INTERVAL_S = 0.2
 TIMEOUT_S = 0.3
-Series = tuple[str, frozenset[tuple[str, str]]]
-
-
-def parse(text: str) -> dict[Series, float]:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 @dataclass
@@ -75,7 +66,7 @@ class Rig:
     async def metrics(self) -> dict[Series, float]:
         async with self.session.get(self.base + "/metrics") as resp:
             assert resp.status == 200
-            return parse(await resp.text())
+            return samples(await resp.text())
 
     async def readyz(self) -> tuple[int, str]:
         async with self.session.get(self.base + "/readyz") as resp:
@@ -98,7 +89,7 @@ class Rig:
 
 
 def value(found: dict[Series, float], name: str, **labels: str) -> float | None:
-    return found.get((name, frozenset(labels.items())))
+    return found.get(series(name, **labels))
 
 
 @contextlib.asynccontextmanager
@@ -120,34 +111,43 @@ async def running(targets: int = 3, crash_exit_s: float = 120.0) -> AsyncIterato
         }
     )
     configure_logging("info", "json")  # as in production: a traceback costs the loop little
-    daemon = Daemon(config, source, crash_exit_s=crash_exit_s)
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
     watcher = Watcher()
-    async with aiohttp.ClientSession() as session:
-        base = (await asyncio.wait_for(listening, 5)).removesuffix("/metrics")
-        rig = Rig(daemon, source, servers, base, session, watcher, task, stop)
+    try:
+        async with (
+            Daemon(config, source, crash_exit_s=crash_exit_s) as daemon,
+            aiohttp.ClientSession() as session,
+        ):
+            assert daemon.url is not None and daemon.running is not None
+            task = daemon.running
+            rig = Rig(
+                daemon,
+                source,
+                servers,
+                daemon.url.removesuffix("/metrics"),
+                session,
+                watcher,
+                task,
+                daemon.stopping,
+            )
 
-        async def watch() -> None:
-            while not task.done():
-                with contextlib.suppress(aiohttp.ClientConnectionError):  # the daemon stopped meanwhile
-                    watcher.check(await rig.metrics())
-                await asyncio.sleep(0.1)
+            async def watch() -> None:
+                while not task.done():
+                    with contextlib.suppress(aiohttp.ClientConnectionError):  # the daemon stopped meanwhile
+                        watcher.check(await rig.metrics())
+                    await asyncio.sleep(0.1)
 
-        watching = asyncio.create_task(watch())
-        try:
-            await rig.wait_for("ready", lambda: not daemon.not_ready())
-            yield rig
-        finally:
-            watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching
-            stop.set()
-            await asyncio.wait_for(task, 5)
-            for t in servers:
-                await t.stop()
-            structlog.reset_defaults()
+            watching = asyncio.create_task(watch())
+            try:
+                await rig.wait_for("ready", lambda: not daemon.not_ready())
+                yield rig
+            finally:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
+    finally:
+        for t in servers:
+            await t.stop()
+        structlog.reset_defaults()
     assert watcher.scrapes > 0
     assert not watcher.decreased, watcher.decreased
     assert not watcher.negative, watcher.negative

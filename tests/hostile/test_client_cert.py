@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import subprocess
 from pathlib import Path
@@ -46,12 +45,10 @@ async def test_probes_need_no_certificate_and_metrics_needs_one(cert: Path) -> N
         )
     )
     assert config.web_config_file is not None
-    daemon = Daemon(config, await open_source(config.energy), web=load_web_config(config.web_config_file))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    try:
-        url = await asyncio.wait_for(listening, 10)
+    web = load_web_config(config.web_config_file)
+    async with Daemon(config, await open_source(config.energy), web=web) as daemon:
+        assert daemon.url is not None
+        url = daemon.url
         anonymous = ssl.create_default_context(cafile=str(cert / "server.crt"))
         holder = ssl.create_default_context(cafile=str(cert / "server.crt"))
         holder.load_cert_chain(crt, key)
@@ -69,6 +66,3 @@ async def test_probes_need_no_certificate_and_metrics_needs_one(cert: Path) -> N
             assert await status("/metrics", anonymous) == 403
             assert await status("/", anonymous) == 403
             assert await status("/metrics", holder) == 200
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)

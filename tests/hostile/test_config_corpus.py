@@ -12,12 +12,13 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
+
+from tests.helpers import run_cli
 
 MEMORY_LIMIT = 200 * 1024 * 1024
 CPU_LIMIT_S = 2
@@ -159,14 +160,7 @@ def _bytes(tmp: Path, data: bytes) -> Path:
 
 
 def _tokenwatt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=_limits,
-        errors="replace",
-    )
+    return run_cli(*args, preexec_fn=_limits, errors="replace")
 
 
 def _assert_one_clear_line(result: subprocess.CompletedProcess[str], expected: str) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import Series, samples, value
 from tests.hostile.hostile_server import HostileServer
 
 RUN_S = 14.0
@@ -33,9 +33,6 @@ RSS_GROWTH_LIMIT_MB = 40.0
 """RSS may grow this much from the first to the last poll under 1,000 new models a scrape."""
 LOG_LIMIT_BYTES = 100_000
 SERVERS = ("good", "alternating", "huge", "creep", "churn", "junk", "nan")
-
-Series = tuple[str, frozenset[tuple[str, str]]]
-
 
 @dataclass
 class Daemon:
@@ -96,23 +93,11 @@ async def _listening(log: Path, process: subprocess.Popen[bytes]) -> str:
     raise AssertionError("the daemon did not log its address: " + log.read_text()[:2000])
 
 
-def _samples(text: str) -> dict[Series, float]:
-    out: dict[Series, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-def _value(samples: dict[Series, float], name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 async def _malformed_requests(base: str) -> int:
@@ -136,6 +121,7 @@ async def _malformed_requests(base: str) -> int:
     return len(requests) * 3
 
 
+@pytest.mark.slow  # RUN_S of hostile sources and clients
 async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> None:
     pid = daemon.process.pid
     polls: list[dict[Series, float]] = []
@@ -146,7 +132,7 @@ async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> Non
         while time.monotonic() - started < RUN_S:
             async with session.get(daemon.base + "/metrics") as resp:
                 assert resp.status == 200
-                polls.append(_samples(await resp.text()))
+                polls.append(samples(await resp.text()))
             rss.append(_rss_mb(pid))
             if not sent and time.monotonic() - started > RUN_S / 2:
                 sent = await _malformed_requests(daemon.base)
@@ -155,29 +141,29 @@ async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> Non
 
     # Finite everywhere, counters monotone from poll to poll.
     for before, after in itertools.pairwise(polls):
-        for (name, labels), value in after.items():
-            assert math.isfinite(value), (name, labels, value)
+        for (name, labels), v in after.items():
+            assert math.isfinite(v), (name, labels, v)
             if name.endswith("_total") and (name, labels) in before:
-                assert value >= before[(name, labels)], (name, labels, before[(name, labels)], value)
+                assert v >= before[(name, labels)], (name, labels, before[(name, labels)], v)
     last = polls[-1]
 
     # Health and reasons.
-    assert _value(last, "tokenwatt_energy_source_up", source="dcgm_exporter") == 1.0
+    assert value(last, "tokenwatt_energy_source_up", source="dcgm_exporter") == 1.0
     rejected = {
         dict(labels)["reason"] for name, labels in last if name == "tokenwatt_energy_rejected_readings_total"
     }
     assert {"non_finite", "negative", "label_too_long"} <= rejected
     assert all(len(v) <= 128 for _, labels in last for _, v in labels), "a label value over the cap"
     for server in ("good", "alternating", "huge", "creep", "churn"):
-        assert _value(last, "tokenwatt_target_up", server=server) == 1.0, server
-    assert _value(last, "tokenwatt_target_up", server="nan") == 0.0
-    assert _value(last, "tokenwatt_target_scrape_errors_total", server="nan", reason="non_finite") > 0
-    assert _value(last, "tokenwatt_target_scrape_errors_total", server="junk", reason="parse") > 0
+        assert value(last, "tokenwatt_target_up", server=server) == 1.0, server
+    assert value(last, "tokenwatt_target_up", server="nan") == 0.0
+    assert value(last, "tokenwatt_target_scrape_errors_total", server="nan", reason="non_finite") > 0
+    assert value(last, "tokenwatt_target_scrape_errors_total", server="junk", reason="parse") > 0
     rejected_scrapes = "tokenwatt_target_rejected_scrapes_total"
-    assert _value(last, rejected_scrapes, server="alternating", reason="negative") > 0
-    assert _value(last, rejected_scrapes, server="huge", reason="too_large") > 0
+    assert value(last, rejected_scrapes, server="alternating", reason="negative") > 0
+    assert value(last, rejected_scrapes, server="huge", reason="too_large") > 0
     last_success = [
-        _value(p, "tokenwatt_target_last_success_timestamp_seconds", server="good")
+        value(p, "tokenwatt_target_last_success_timestamp_seconds", server="good")
         for p in (polls[len(polls) // 2], last)
     ]
     assert last_success[1] > last_success[0], "the healthy server was not scraped during the bad requests"
@@ -192,7 +178,7 @@ async def test_hostile_sources_and_clients_poison_nothing(daemon: Daemon) -> Non
         if name == "tokenwatt_server_tokens_total" and ("server", "churn") in labels
     }
     assert len(churn_models) <= 64
-    assert _value(last, "tokenwatt_server_dropped_models_total", server="churn") > 1000
+    assert value(last, "tokenwatt_server_dropped_models_total", server="churn") > 1000
 
     # Memory and log volume.
     growth = max(rss) - rss[0]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +11,7 @@ import structlog
 
 from exporter.logs import MAX_VALUE_CHARS, clean, configure_logging, redact
 from tests.conftest import free_port
+from tests.helpers import run_cli
 
 
 @pytest.mark.parametrize(
@@ -56,12 +55,7 @@ def test_a_log_line_carries_neither_a_password_nor_a_megabyte(capsys: pytest.Cap
 
 def test_probe_does_not_print_the_password_of_its_url() -> None:
     url = f"http://user:secret@127.0.0.1:{free_port()}/metrics"
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "probe", url, "--timeout", "2s"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("probe", url, "--timeout", "2s")
     assert result.returncode == 1
     assert "127.0.0.1" in result.stderr and "<redacted>" in result.stderr
     assert "secret" not in result.stdout + result.stderr

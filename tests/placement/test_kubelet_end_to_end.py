@@ -18,9 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
@@ -31,6 +29,7 @@ from exporter.placement import Holding
 from exporter.values import Gpu, GpuSample, MigDevice
 from tests.conftest import require_tool
 from tests.fakes.kubelet import FakeKubelet, FakePod
+from tests.helpers import Series, get_text, samples, value
 
 POWER = PowerModel(idle_w=60.0, j_per_input_token=0.05, j_per_output_token=0.7)
 LOAD_A = (
@@ -125,41 +124,22 @@ async def placed_rig(refresh_s: float = REFRESH_S, mig: bool = False) -> AsyncIt
             "windows": ["1m"],
         }
     )
-    daemon = Daemon(config, gpus)
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
     try:
-        yield Rig(daemon, gpus, kubelet, servers, await asyncio.wait_for(listening, 5))
+        async with Daemon(config, gpus) as daemon:
+            assert daemon.url is not None
+            yield Rig(daemon, gpus, kubelet, servers, daemon.url)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         for s in servers.values():
             await s.stop()
         await kubelet.stop()
         shutil.rmtree(folder, ignore_errors=True)
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def get_text(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        assert resp.status == 200
-        return await resp.text()
+Samples = dict[Series, float]
 
 
 async def scrape(url: str) -> Samples:
-    text = await get_text(url)
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found[(name, frozenset(labels.items()))]
+    return samples(await get_text(url))
 
 
 def gpus_of(found: Samples, server: str) -> set[str]:
@@ -211,6 +191,7 @@ def assert_invariant(daemon: Daemon) -> None:
     assert given == pytest.approx(attributed + pending, rel=1e-9, abs=1e-6)
 
 
+@pytest.mark.tools  # promtool
 async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
     async with placed_rig() as rig:
         await asyncio.sleep(5.0)

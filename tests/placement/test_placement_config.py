@@ -9,6 +9,7 @@ import pytest
 
 from exporter.config import ConfigError
 from exporter.config_file import validate_config
+from tests.helpers import run_cli
 
 URL = "http://127.0.0.1:8000/metrics"
 
@@ -119,16 +120,11 @@ def test_a_bare_server_without_the_downward_api_is_an_error(monkeypatch: pytest.
 
 
 def test_check_config_exits_2_naming_both_fields(tmp_path: Path) -> None:
-    import subprocess
-    import sys
 
     path = tmp_path / "tokenwatt.yml"
     path.write_text(
         f"placement: {{source: kubelet}}\nservers: [{{name: a, url: '{URL}', gpus: [0], pod: llm/vllm-0}}]\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check-config", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2],
-    )  # fmt: skip
+    done = run_cli("check-config", str(path))
     assert done.returncode == 2
     assert "servers[0]: gpus: [0] and pod: 'llm/vllm-0' are both set" in done.stdout + done.stderr

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.deploy.packaging import require_module
+from tests.conftest import require_module
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = Path("exporter/placement/podresources")
@@ -15,7 +15,7 @@ GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
 def test_stubs_match_the_proto(tmp_path: Path) -> None:
-    require_module("grpc_tools")  # grpcio-tools, in the test extra
+    require_module("grpc_tools")  # grpcio-tools, in the deploy extra
     (tmp_path / PACKAGE).mkdir(parents=True)
     shutil.copy(REPO / PACKAGE / "api.proto", tmp_path / PACKAGE / "api.proto")
     out = str(tmp_path)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from exporter.cli import main
+from tests.helpers import run_cli
 
 T0 = 1_700_000_000
 
@@ -158,12 +157,7 @@ def test_bad_maps_exit_2(
 def test_the_command_exits_2_on_a_missing_file(traces: tuple[Path, Path]) -> None:
     energy, tokens = traces
     missing = energy.parent / "nope.csv"
-    done = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "replay", "--energy", str(missing), "--tokens", str(tokens)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("replay", "--energy", str(missing), "--tokens", str(tokens))
     assert done.returncode == 2
     assert done.stderr.startswith(f"tokenwatt replay: {missing}: cannot read the file")
 

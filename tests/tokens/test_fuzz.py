@@ -14,17 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_module
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
+@pytest.mark.slow  # TOKENWATT_FUZZ_SECONDS of fuzzing
 def test_mutated_pages_never_crash_or_hang(tmp_path: Path) -> None:
-    try:
-        import atheris  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("atheris is not installed (pip install -e '.[test]')")
+    require_module("atheris")  # missing: a skip outside CI, a failure under CI
     corpus = tmp_path / "corpus"
     shutil.copytree(HERE.parent / "fixtures", corpus)
     seconds = int(os.environ.get("TOKENWATT_FUZZ_SECONDS", "5"))

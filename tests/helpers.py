@@ -1,0 +1,62 @@
+"""Helpers shared by the tests: a page of metrics as a dict, the command line in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).parents[1]
+
+Labels = tuple[tuple[str, str], ...]
+"""A sample's labels, sorted by name: one key per series whatever the order on the page."""
+Series = tuple[str, Labels]
+
+
+def series(name: str, **labels: str) -> Series:
+    return name, tuple(sorted(labels.items()))
+
+
+def samples(text: str) -> dict[Series, float]:
+    """Every sample of an exposition page (text format) by its name and labels."""
+    return {
+        series(s.name, **s.labels): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: dict[Series, float], name: str, **labels: str) -> float:
+    """The sample with exactly these labels; a KeyError names it when the page lacks it."""
+    return found[series(name, **labels)]
+
+
+def run_cli(
+    *args: str, timeout: float = 60.0, env: dict[str, str] | None = None, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """`tokenwatt ARGS…` from this tree, as a user runs it: its exit code and its output as text.
+
+    `env` adds to the environment; `options` go to `subprocess.run`.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "exporter.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else {**os.environ, **env},
+        **options,
+    )
+
+
+async def get_text(url: str) -> str:
+    """The body of a GET that must answer 200."""
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200, f"{url}: {resp.status}"
+        return await resp.text()
