@@ -7,11 +7,13 @@ through (ReplicaSets, Jobs); DRA lists and watches ResourceSlices. The rules are
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.deploy.packaging import Rendering, by_name, containers, render
+from tests.deploy.packaging import K8S_DIR, Rendering, by_name, containers, render, run_tool
 
 Grants = dict[tuple[str, str], set[str]]
 
@@ -42,10 +44,10 @@ def renderings() -> dict[str, Rendering]:
     return {name: render(name, values) for name, (values, _) in CASES.items()}
 
 
-def granted(rendering: Rendering) -> Grants:
-    """Every (API group, resource) the rendered roles grant, with its verbs."""
+def granted(manifests: Iterable[dict[str, Any]]) -> Grants:
+    """Every (API group, resource) the roles among the manifests grant, with its verbs."""
     grants: Grants = {}
-    for role in (m for m in rendering.manifests() if m["kind"] in ("Role", "ClusterRole")):
+    for role in (m for m in manifests if m["kind"] in ("Role", "ClusterRole")):
         for rule in role["rules"]:
             # No resourceNames, nonResourceURLs or aggregation widening or narrowing a rule unseen.
             assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
@@ -57,7 +59,7 @@ def granted(rendering: Rendering) -> Grants:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_roles_grant_exactly_what_tokenwatt_reads(renderings: dict[str, Rendering], name: str) -> None:
-    assert granted(renderings[name]) == CASES[name][1]
+    assert granted(renderings[name].manifests()) == CASES[name][1]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -106,3 +108,28 @@ def test_an_existing_service_account_is_the_one_bound() -> None:
     subject = rendering.one("ClusterRoleBinding")["subjects"][0]
     assert subject == {"kind": "ServiceAccount", "name": "inference-reader", "namespace": "monitoring"}
     assert rendering.one("DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "inference-reader"
+
+
+def test_the_plain_daemonset_manifests_grant_what_discovery_reads() -> None:
+    result = run_tool("kubectl", "kustomize", str(K8S_DIR / "daemonset"))
+    assert result.returncode == 0, result.stderr
+    manifests = [m for m in yaml.safe_load_all(result.stdout) if m]
+    assert granted(manifests) == DISCOVERY
+    kinds = {m["kind"]: m for m in manifests}
+    daemonset = kinds["DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    binding = kinds["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == kinds["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": pod["serviceAccountName"],
+            "namespace": daemonset["metadata"]["namespace"],
+        }
+    ]
+    assert kinds["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True
+    env = by_name(pod["containers"], "tokenwatt")["env"]
+    assert {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in env
+    config = yaml.safe_load(kinds["ConfigMap"]["data"]["tokenwatt.yml"])
+    assert config["discovery"] == {"source": "kubernetes"} and "servers" not in config
