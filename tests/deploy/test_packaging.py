@@ -147,6 +147,8 @@ STATIC_PLACED = {
     "sidecar-chart",
 }
 SIDECAR_POD = {"POD_NAMESPACE": "inference", "POD_NAME": "llama-70b-7d9f8c6b5-x2x4q"}
+NODE = {"NODE_NAME": "gpu-node-1"}
+"""What the Downward API gives a DaemonSet pod that discovers the pods of its node."""
 
 
 @pytest.fixture(scope="module")
@@ -511,15 +513,20 @@ def test_rendered_config_passes_check_config(
             del config["web_config_file"]
     path = tmp_path / "tokenwatt.yml"
     path.write_text(yaml.safe_dump(config))
-    # A sidecar's pod is named by the Downward API, as the chart sets it.
-    result = _check_config(path, SIDECAR_POD if VALUE_SETS[name].get("mode") == "sidecar" else None)
+    # A sidecar's pod, and a discovering DaemonSet's node, are named by the Downward API as the chart sets it.
+    if VALUE_SETS[name].get("mode") == "sidecar":
+        env = SIDECAR_POD
+    else:
+        daemonset = by_name(containers(rendering.one("DaemonSet")), "tokenwatt").get("env", [])
+        env = NODE if any(e["name"] == "NODE_NAME" for e in daemonset) else {}
+    result = _check_config(path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == f"{path}: valid"
 
 
 @pytest.mark.parametrize("path", sorted(K8S_DIR.glob("*/tokenwatt.yml")), ids=lambda p: p.parent.name)
 def test_plain_manifest_config_passes_check_config(path: Path) -> None:
-    result = _check_config(path, SIDECAR_POD if path.parent.name == "sidecar" else None)
+    result = _check_config(path, SIDECAR_POD if path.parent.name == "sidecar" else NODE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

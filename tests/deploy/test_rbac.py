@@ -93,12 +93,15 @@ def test_the_role_is_bound_to_the_daemonsets_account_and_only_then_is_a_token_mo
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_discovery_learns_its_node_from_the_downward_api(renderings: dict[str, Rendering], name: str) -> None:
+def test_the_node_comes_from_the_downward_api_where_the_api_is_read(
+    renderings: dict[str, Rendering], name: str
+) -> None:
+    """Discovery watches the pods of its node, DRA the ResourceSlices of its node: both need its name."""
     node_name = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     daemonsets = [m for m in renderings[name].manifests() if m["kind"] == "DaemonSet"]
     for daemonset in daemonsets:
         env = by_name(containers(daemonset), "tokenwatt").get("env", [])
-        assert (node_name in env) == (("", "pods") in CASES[name][1]), name
+        assert (node_name in env) == bool(CASES[name][1]), name
     assert len(daemonsets) == (0 if name == "sidecar" else 1)
 
 

@@ -106,7 +106,8 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   {{- $env = append $env (dict "name" "NVIDIA_VISIBLE_DEVICES" "value" $values.gpuAccess.visibleDevices) }}
   {{- $env = append $env (dict "name" "NVIDIA_DRIVER_CAPABILITIES" "value" "utility") }}
   {{- end }}
-  {{- if and (not .sidecar) (include "tokenwatt.discovery" $root) }}
+  {{- /* The node whose pods are discovered and whose ResourceSlices are read. */}}
+  {{- if and (not .sidecar) (include "tokenwatt.kubeApi" $root) }}
   {{- $env = append $env (dict "name" "NODE_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "spec.nodeName"))) }}
   {{- end }}
   {{- if .sidecar }}
