@@ -31,6 +31,7 @@ from tests.deploy.packaging import (
     render_sidecar_chart,
     require_module,
     run_tool,
+    sidecar_container,
 )
 
 SERVERS = [{"name": "llama-70b", "url": "http://127.0.0.1:8000/metrics", "kind": "vllm", "interval": "1s"}]
@@ -130,6 +131,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
         "gpuAccess": {"runtimeClassName": "nvidia", "visibleDevices": "all"},
     },
+    # DRA in the inference pod: its own account reads the ResourceSlices, the chart grants nothing.
+    "sidecar-dra": {
+        "mode": "sidecar",
+        "config": {
+            "energy": {"source": "dcgm_exporter"},
+            "discovery": {"source": "none"},
+            "placement": {"source": "kubelet", "dra": {"enabled": True}},
+            "servers": SERVERS,
+        },
+    },
     # DRA for listed servers, no discovery: the API is read for ResourceSlices only.
     "daemonset-dra-listed-servers": {
         "config": {
@@ -149,6 +160,13 @@ STATIC_PLACED = {
 SIDECAR_POD = {"POD_NAMESPACE": "inference", "POD_NAME": "llama-70b-7d9f8c6b5-x2x4q"}
 NODE = {"NODE_NAME": "gpu-node-1"}
 """What the Downward API gives a DaemonSet pod that discovers the pods of its node."""
+DOWNWARD = {
+    "metadata.namespace": SIDECAR_POD["POD_NAMESPACE"],
+    "metadata.name": SIDECAR_POD["POD_NAME"],
+    "metadata.uid": "5b0c7a2e-3f41-4d7c-9e8a-1c2d3e4f5a6b",
+    "spec.nodeName": NODE["NODE_NAME"],
+}
+"""The Downward API's answers for the fields the chart's containers ask it about."""
 
 
 @pytest.fixture(scope="module")
@@ -513,12 +531,17 @@ def test_rendered_config_passes_check_config(
             del config["web_config_file"]
     path = tmp_path / "tokenwatt.yml"
     path.write_text(yaml.safe_dump(config))
-    # A sidecar's pod, and a discovering DaemonSet's node, are named by the Downward API as the chart sets it.
+    # A sidecar's pod, and the node of a DaemonSet that reads the API, come from the Downward API, in
+    # the variables the chart's container (the DaemonSet's, or the sidecar snippet) asks it for.
     if VALUE_SETS[name].get("mode") == "sidecar":
-        env = SIDECAR_POD
+        container = sidecar_container(rendering)
     else:
-        daemonset = by_name(containers(rendering.one("DaemonSet")), "tokenwatt").get("env", [])
-        env = NODE if any(e["name"] == "NODE_NAME" for e in daemonset) else {}
+        container = by_name(containers(rendering.one("DaemonSet")), "tokenwatt")
+    env = {
+        e["name"]: DOWNWARD[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container.get("env", [])
+        if "fieldRef" in e.get("valueFrom", {})
+    }
     result = _check_config(path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == f"{path}: valid"

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.packaging import K8S_DIR, Rendering, by_name, containers, render, run_tool
+from tests.deploy.packaging import (
+    K8S_DIR,
+    Rendering,
+    by_name,
+    containers,
+    render,
+    run_tool,
+    sidecar_container,
+)
 
 Grants = dict[tuple[str, str], set[str]]
 
@@ -103,6 +111,8 @@ def test_the_node_comes_from_the_downward_api_where_the_api_is_read(
         env = by_name(containers(daemonset), "tokenwatt").get("env", [])
         assert (node_name in env) == bool(CASES[name][1]), name
     assert len(daemonsets) == (0 if name == "sidecar" else 1)
+    if name == "sidecar":  # the snippet of the inference pod's container: DRA reads its node's slices
+        assert node_name in sidecar_container(renderings[name])["env"]
 
 
 def test_an_existing_service_account_is_the_one_bound() -> None:

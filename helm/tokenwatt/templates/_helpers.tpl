@@ -107,7 +107,7 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   {{- $env = append $env (dict "name" "NVIDIA_DRIVER_CAPABILITIES" "value" "utility") }}
   {{- end }}
   {{- /* The node whose pods are discovered and whose ResourceSlices are read. */}}
-  {{- if and (not .sidecar) (include "tokenwatt.kubeApi" $root) }}
+  {{- if include "tokenwatt.kubeApi" $root }}
   {{- $env = append $env (dict "name" "NODE_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "spec.nodeName"))) }}
   {{- end }}
   {{- if .sidecar }}
