@@ -24,11 +24,14 @@ FLEET = load_dashboard(GRAFANA_DIR / "tokenwatt-fleet.json")
 ALL = ".*"
 """The `allValue` of the namespace, workload and model variables."""
 EVAL_MINUTES = 10
+PER_MINUTE = 60
+"""Counters grow by 60 times the figures below each minute: their rates per second are whole numbers,
+so Prometheus' sums are exact in whatever order it adds the series, and so are the expected ratios."""
 
 
 @dataclass(frozen=True, slots=True)
 class Server:
-    """A server's labels and its counters' increase per minute."""
+    """A server's labels and the rates (per second) of its counters."""
 
     server: str
     namespace: str
@@ -75,16 +78,16 @@ def input_series() -> list[dict[str, str]]:
     series = []
     for s in SERVERS:
         energy, idle = f"tokenwatt_server_energy_joules_total{{{s.labels()}}}", s.labels(model=False)
-        series.append({"series": energy, "values": f"0+{s.joules}x{EVAL_MINUTES}"})
+        series.append({"series": energy, "values": f"0+{PER_MINUTE * s.joules}x{EVAL_MINUTES}"})
         series.append(
             {
                 "series": f"tokenwatt_server_idle_energy_joules_total{{{idle}}}",
-                "values": f"0+{s.idle_joules}x{EVAL_MINUTES}",
+                "values": f"0+{PER_MINUTE * s.idle_joules}x{EVAL_MINUTES}",
             }
         )
         for token_type in ("input", "output"):
             name = f'tokenwatt_server_tokens_total{{{s.labels()}, token_type="{token_type}"}}'
-            series.append({"series": name, "values": f"0+{s.tokens(token_type)}x{EVAL_MINUTES}"})
+            series.append({"series": name, "values": f"0+{PER_MINUTE * s.tokens(token_type)}x{EVAL_MINUTES}"})
     return series
 
 
