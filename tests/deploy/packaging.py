@@ -77,3 +77,11 @@ def containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 def by_name(items: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(i for i in items if i["name"] == name)
+
+
+def sidecar_container(rendering: Rendering) -> dict[str, Any]:
+    """The tokenwatt container the install notes of a sidecar rendering tell the user to add."""
+    notes = rendering.files["tokenwatt/templates/NOTES.txt"]
+    snippet = notes.split("spec.containers (same namespace):\n")[1].split("\nand these")[0]
+    container: dict[str, Any] = yaml.safe_load(snippet)[0]
+    return container

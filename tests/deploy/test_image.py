@@ -85,7 +85,10 @@ def test_chart_pod_spec_agrees_with_the_image(image_test: ImageTest) -> None:
     (exposed,) = config["ExposedPorts"]
     probe = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(config["Healthcheck"]["Test"]))
     assert probe is not None and f"{probe[1]}/tcp" == exposed
-    daemonset = render("defaults", {}).one("DaemonSet")
+    # The image's own user is the chart's wherever it need not reach the kubelet's socket; with kubelet
+    # placement (the default, for discovery) it runs as UID 0 on purpose (docs/deployment.md).
+    static = {"discovery": {"source": "none"}, "placement": {"source": "static"}}
+    daemonset = render("static-placement", {"config": static}).one("DaemonSet")
     tokenwatt = by_name(containers(daemonset), "tokenwatt")
     security = tokenwatt["securityContext"]
     assert f"{security['runAsUser']}:{security['runAsGroup']}" == config["User"]

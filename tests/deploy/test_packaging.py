@@ -28,6 +28,7 @@ from tests.deploy.packaging import (
     render_sidecar_chart,
     require_module,
     run_tool,
+    sidecar_container,
 )
 from tests.helpers import run_cli
 
@@ -35,11 +36,14 @@ pytestmark = pytest.mark.tools  # helm, kubectl, kubernetes-validate, checkov, h
 
 SERVERS = [{"name": "llama-70b", "url": "http://127.0.0.1:8000/metrics", "kind": "vllm", "interval": "1s"}]
 BCRYPT_HASH = "$2b$10$QKnGDoNHUjWm/M4S3ZJqLOE5PeJhHC3B.mwnzJPgrJJ1Wf0xIg9fq"
+# The defaults discover the node's pods and place them through the kubelet; a static server list
+# with GPUs by `gpus:` (or every GPU) turns both off.
+STATIC = {"discovery": {"source": "none"}, "placement": {"source": "static"}}
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "daemonset-defaults": {},
     "daemonset-nvml-gpu-operator": {
-        "config": {"energy": {"source": "nvml", "interval": "1s"}, "servers": SERVERS},
+        "config": {"energy": {"source": "nvml", "interval": "1s"}, "servers": SERVERS, **STATIC},
         "gpuAccess": {"runtimeClassName": "nvidia", "visibleDevices": "all"},
         "daemonset": {"nodeSelector": {"nvidia.com/gpu.present": "true"}, "priorityClassName": "high"},
         "networkPolicy": {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
@@ -55,6 +59,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 "dcgm_exporter": {"url": "http://nvidia-dcgm-exporter.gpu-operator.svc:9400/metrics"},
             },
             "servers": SERVERS,
+            **STATIC,
         },
         "daemonset": {"hostNetwork": True},
         "service": {"internalTrafficPolicy": "Local"},
@@ -77,13 +82,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "sidecar-configmap-only": {
         "mode": "sidecar",
-        "config": {"energy": {"source": "dcgm_exporter"}, "servers": SERVERS},
+        "config": {"energy": {"source": "dcgm_exporter"}, "servers": SERVERS, **STATIC},
     },
     "sidecar-with-service": {
         "mode": "sidecar",
         "config": {
             "energy": {"source": "dcgm_exporter"},
             "servers": [{**SERVERS[0], "gpus": ["GPU-5fd4c8a3-7e2b-4c3d-9a1f-2b8e6d4c1a07"]}],
+            **STATIC,
         },
         "sidecar": {"podSelector": {"app.kubernetes.io/name": "llama-70b"}, "readinessProbe": True},
         "serviceMonitor": {"enabled": True},
@@ -95,6 +101,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "mode": "sidecar",
         "config": {
             "energy": {"source": "dcgm_exporter"},
+            "discovery": {"source": "none"},
             "placement": {"source": "kubelet"},
             "servers": SERVERS,
         },
@@ -102,14 +109,64 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "daemonset-kubelet": {
         "config": {
             "energy": {"source": "nvml"},
+            "discovery": {"source": "none"},
             "placement": {"source": "kubelet", "kubelet": {"interval": "5s"}},
             "servers": [{**SERVERS[0], "url": "http://vllm.llm.svc:8000/metrics", "pod": "llm/vllm-0"}],
         },
         "gpuAccess": {"runtimeClassName": "nvidia", "visibleDevices": "all"},
     },
+    # Discovery with its options, DRA-allocated GPUs placed through ResourceSlices.
+    "daemonset-discovery-dra": {
+        "config": {
+            "energy": {"source": "nvml"},
+            "discovery": {
+                "source": "kubernetes",
+                "kubernetes": {
+                    "label_selector": "app.kubernetes.io/component=inference",
+                    "pod_labels": ["team", "app.kubernetes.io/version"],
+                    "grace_period": "10m",
+                },
+            },
+            "placement": {"source": "kubelet", "dra": {"enabled": True, "driver": "gpu.nvidia.com"}},
+        },
+        "gpuAccess": {"runtimeClassName": "nvidia", "visibleDevices": "all"},
+    },
+    # DRA in the inference pod: its own account reads the ResourceSlices, the chart grants nothing.
+    "sidecar-dra": {
+        "mode": "sidecar",
+        "config": {
+            "energy": {"source": "dcgm_exporter"},
+            "discovery": {"source": "none"},
+            "placement": {"source": "kubelet", "dra": {"enabled": True}},
+            "servers": SERVERS,
+        },
+    },
+    # DRA for listed servers, no discovery: the API is read for ResourceSlices only.
+    "daemonset-dra-listed-servers": {
+        "config": {
+            "discovery": {"source": "none"},
+            "placement": {"source": "kubelet", "dra": {"enabled": True}},
+            "servers": [{**SERVERS[0], "url": "http://vllm.llm.svc:8000/metrics", "pod": "llm/vllm-0"}],
+        },
+    },
 }
-KUBELET_PLACED = {"sidecar-kubelet", "daemonset-kubelet"}
+STATIC_PLACED = {
+    "daemonset-nvml-gpu-operator",
+    "daemonset-dcgm-exporter-hostnetwork",
+    "sidecar-configmap-only",
+    "sidecar-with-service",
+    "sidecar-chart",
+}
 SIDECAR_POD = {"POD_NAMESPACE": "inference", "POD_NAME": "llama-70b-7d9f8c6b5-x2x4q"}
+NODE = {"NODE_NAME": "gpu-node-1"}
+"""What the Downward API gives a DaemonSet pod that discovers the pods of its node."""
+DOWNWARD = {
+    "metadata.namespace": SIDECAR_POD["POD_NAMESPACE"],
+    "metadata.name": SIDECAR_POD["POD_NAME"],
+    "metadata.uid": "5b0c7a2e-3f41-4d7c-9e8a-1c2d3e4f5a6b",
+    "spec.nodeName": NODE["NODE_NAME"],
+}
+"""The Downward API's answers for the fields the chart's containers ask it about."""
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +200,8 @@ def kustomized(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "sidecar-with-service",
         "daemonset-kubelet",
         "sidecar-kubelet",
+        "daemonset-discovery-dra",
+        "daemonset-dra-listed-servers",
     ],
 )
 def test_chart_lints_clean_in_strict_mode(name: str) -> None:
@@ -153,7 +212,10 @@ def test_chart_lints_clean_in_strict_mode(name: str) -> None:
 
 
 def test_each_mode_renders_what_it_should(renderings: dict[str, Rendering]) -> None:
+    # The default install discovers pods: the API access for that comes with it.
     assert renderings["daemonset-defaults"].kinds() == [
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ConfigMap",
         "DaemonSet",
         "NetworkPolicy",
@@ -170,6 +232,8 @@ def test_each_mode_renders_what_it_should(renderings: dict[str, Rendering]) -> N
         "ServiceMonitor",
     ]
     assert renderings["daemonset-dcgm-basic-auth"].kinds() == [
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ConfigMap",
         "DaemonSet",
         "NetworkPolicy",
@@ -194,6 +258,13 @@ def test_an_unknown_mode_is_refused_naming_the_value() -> None:
         render("bad-mode", {"mode": "deployment"})
 
 
+def test_discovery_in_sidecar_mode_is_refused_naming_the_field() -> None:
+    helm = require_module("helm_python")
+    refusal = r'config\.discovery\.source: "kubernetes" is not allowed with mode: sidecar'
+    with pytest.raises(helm.HelmError, match=refusal):
+        render("sidecar-discovery", {"mode": "sidecar", "config": {"placement": {"source": "static"}}})
+
+
 def test_a_web_config_with_nothing_in_it_is_refused() -> None:
     helm = require_module("helm_python")
     with pytest.raises(helm.HelmError, match=r"webConfig\.existingSecret"):
@@ -207,14 +278,14 @@ def test_every_container_runs_locked_down(renderings: dict[str, Rendering], side
         for m in r.manifests()
         if m["kind"] in WORKLOAD_KINDS
     ]
-    assert len(workloads) == 7
+    assert len(workloads) == 9
     for name, workload in workloads:
         tokenwatt = by_name(containers(workload), "tokenwatt")
         security = tokenwatt["securityContext"]
-        if name in KUBELET_PLACED:  # only root may connect to the kubelet's socket: UID 0, no capabilities
-            assert security["runAsNonRoot"] is False and security["runAsUser"] == 0, name
-        else:
+        if name in STATIC_PLACED:
             assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001, name
+        else:  # only root may connect to the kubelet's socket: UID 0, no capabilities
+            assert security["runAsNonRoot"] is False and security["runAsUser"] == 0, name
         assert security["privileged"] is False, name
         assert security["readOnlyRootFilesystem"] is True, name
         assert security["allowPrivilegeEscalation"] is False, name
@@ -230,7 +301,6 @@ def test_daemonset_probes_readiness_and_rolls_on_config_change(renderings: dict[
     pod = renderings["daemonset-defaults"].one("DaemonSet")["spec"]["template"]
     tokenwatt = by_name(pod["spec"]["containers"], "tokenwatt")
     assert tokenwatt["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics", "scheme": "HTTP"}
-    assert pod["spec"]["automountServiceAccountToken"] is False
     other = renderings["daemonset-nvml-gpu-operator"].one("DaemonSet")["spec"]["template"]
     assert (
         pod["metadata"]["annotations"]["checksum/config"]
@@ -247,7 +317,8 @@ def test_gpu_access_as_the_gpu_operator_gives_it_to_dcgm_exporter(renderings: di
     # GPUs are seen, never requested: a request would take them from the inference pods.
     assert "nvidia.com/gpu" not in tokenwatt["resources"]["limits"]
     defaults = renderings["daemonset-defaults"].one("DaemonSet")["spec"]["template"]["spec"]
-    assert "runtimeClassName" not in defaults and "env" not in defaults["containers"][0]
+    assert "runtimeClassName" not in defaults
+    assert not any(e["name"].startswith("NVIDIA_") for e in defaults["containers"][0]["env"])
 
 
 def test_port_follows_the_listen_address(renderings: dict[str, Rendering]) -> None:
@@ -339,7 +410,7 @@ def test_kubelet_placement_mounts_the_pod_resources_directory_and_nothing_more(
     assert sidecar["env"] == downward and mount in sidecar["volumeMounts"]
     assert by_name(volumes, "tokenwatt-pod-resources")["hostPath"] == directory
     # Static placement: no hostPath, no root.
-    static = renderings["daemonset-defaults"].one("DaemonSet")["spec"]["template"]["spec"]
+    static = renderings["daemonset-nvml-gpu-operator"].one("DaemonSet")["spec"]["template"]["spec"]
     assert all("hostPath" not in v for v in static["volumes"])
 
 
@@ -452,15 +523,25 @@ def test_rendered_config_passes_check_config(
             del config["web_config_file"]
     path = tmp_path / "tokenwatt.yml"
     path.write_text(yaml.safe_dump(config))
-    # A sidecar's pod is named by the Downward API, as the chart sets it.
-    result = _check_config(path, SIDECAR_POD if VALUE_SETS[name].get("mode") == "sidecar" else None)
+    # A sidecar's pod, and the node of a DaemonSet that reads the API, come from the Downward API, in
+    # the variables the chart's container (the DaemonSet's, or the sidecar snippet) asks it for.
+    if VALUE_SETS[name].get("mode") == "sidecar":
+        container = sidecar_container(rendering)
+    else:
+        container = by_name(containers(rendering.one("DaemonSet")), "tokenwatt")
+    env = {
+        e["name"]: DOWNWARD[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        for e in container.get("env", [])
+        if "fieldRef" in e.get("valueFrom", {})
+    }
+    result = _check_config(path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == f"{path}: valid"
 
 
 @pytest.mark.parametrize("path", sorted(K8S_DIR.glob("*/tokenwatt.yml")), ids=lambda p: p.parent.name)
 def test_plain_manifest_config_passes_check_config(path: Path) -> None:
-    result = _check_config(path, SIDECAR_POD if path.parent.name == "sidecar" else None)
+    result = _check_config(path, SIDECAR_POD if path.parent.name == "sidecar" else NODE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

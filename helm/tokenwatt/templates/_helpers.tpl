@@ -54,6 +54,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq (dig "placement" "source" "static" .Values.config) "kubelet" }}true{{ end }}
 {{- end }}
 
+{{/* "true" when tokenwatt discovers its node's pods through the Kubernetes API, else "". */}}
+{{- define "tokenwatt.discovery" -}}
+{{- if eq (dig "discovery" "source" "none" .Values.config) "kubernetes" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when DRA-allocated GPUs are placed through ResourceSlices (config.placement.dra.enabled). */}}
+{{- define "tokenwatt.dra" -}}
+{{- if dig "placement" "dra" "enabled" false .Values.config }}true{{ end }}
+{{- end }}
+
+{{/* "true" when tokenwatt calls the Kubernetes API (discovery or DRA), else "". */}}
+{{- define "tokenwatt.kubeApi" -}}
+{{- if or (include "tokenwatt.discovery" .) (include "tokenwatt.dra" .) }}true{{ end }}
+{{- end }}
+
 {{- define "tokenwatt.scheme" -}}
 {{- if and .Values.webConfig.enabled .Values.webConfig.tls }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
@@ -90,6 +105,10 @@ The tokenwatt container, shared by the DaemonSet and the sidecar snippet. Takes 
   {{- if and (not .sidecar) $values.gpuAccess.visibleDevices }}
   {{- $env = append $env (dict "name" "NVIDIA_VISIBLE_DEVICES" "value" $values.gpuAccess.visibleDevices) }}
   {{- $env = append $env (dict "name" "NVIDIA_DRIVER_CAPABILITIES" "value" "utility") }}
+  {{- end }}
+  {{- /* The node whose pods are discovered and whose ResourceSlices are read. */}}
+  {{- if include "tokenwatt.kubeApi" $root }}
+  {{- $env = append $env (dict "name" "NODE_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "spec.nodeName"))) }}
   {{- end }}
   {{- if .sidecar }}
   {{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
