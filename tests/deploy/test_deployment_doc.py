@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from lightkube.resources.core_v1 import Pod
 
-from exporter.config import known_kinds
-from exporter.tokens.profiles import GENERIC_KIND
+from exporter.discovery.pods import target_of
+from exporter.tokens.profiles import PROFILES
 from tests.deploy.artifacts import REPO
 from tests.deploy.packaging import run_tool
 
@@ -65,22 +67,18 @@ class Target:
 
 
 def target(template: dict[str, Any]) -> Target:
-    """The documented rules: tokenwatt.io/*, then prometheus.io/*, then a port named metrics or http."""
-    annotations: dict[str, str] = template["metadata"]["annotations"]
-    assert annotations["tokenwatt.io/scrape"] == "true"
-    ports = [p for c in template["spec"]["containers"] for p in c.get("ports", [])]
-    for key in ("tokenwatt.io/port", "prometheus.io/port"):
-        if key in annotations:
-            port, port_from = int(annotations[key]), key
-            break
-    else:
-        port = next(
-            p["containerPort"] for name in ("metrics", "http") for p in ports if p.get("name") == name
-        )
-        port_from = "container port"
-    path = annotations.get("tokenwatt.io/path") or annotations.get("prometheus.io/path") or "/metrics"
-    scheme = annotations.get("tokenwatt.io/scheme", "http")
-    return Target(scheme, port, path, annotations.get("tokenwatt.io/kind", "auto"), port_from)
+    """Where discovery (`target_of`, the daemon's own rules) scrapes a running pod of the template."""
+    metadata = {**template["metadata"], "name": "example-0", "namespace": "inference"}
+    status = {"phase": "Running", "podIP": "10.0.0.7"}
+    pod = Pod.from_dict({"metadata": metadata, "spec": template["spec"], "status": status})
+    found = target_of(pod, require_annotation=True, pod_labels=())
+    assert found is not None
+    url = urlsplit(found.url)
+    assert url.port is not None
+    annotations = template["metadata"]["annotations"]
+    ports = ("tokenwatt.io/port", "prometheus.io/port")
+    port_from = next((key for key in ports if key in annotations), "container port")
+    return Target(url.scheme, url.port, url.path, found.kind, port_from)
 
 
 def server_of(deployment: dict[str, Any]) -> tuple[Server, dict[str, Any]]:
@@ -93,6 +91,7 @@ def test_the_page_has_one_example_deployment_per_server() -> None:
     assert {server_of(e)[0].kind for e in EXAMPLES} == {s.kind for s in SERVERS.values()}
 
 
+@pytest.mark.tools  # kubernetes-validate
 def test_the_examples_are_valid_for_kubernetes_1_30(tmp_path: Path) -> None:
     path = tmp_path / "examples.yaml"
     path.write_text(yaml.safe_dump_all(EXAMPLES, sort_keys=False))
@@ -109,7 +108,7 @@ def test_discovery_finds_the_servers_own_metrics_page(deployment: dict[str, Any]
     assert (found.scheme, found.path, found.kind) == ("http", server.path, server.kind)
     assert found.port in server.ports
     assert found.port in {p["containerPort"] for p in container["ports"]}
-    assert found.kind in known_kinds() and found.kind != GENERIC_KIND
+    assert found.kind in PROFILES
     assert set(server.flags) <= set(container.get("args", []))
     # The pod template's own labels select it: the Deployment is one workload.
     assert (

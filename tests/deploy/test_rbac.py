@@ -23,6 +23,8 @@ from tests.deploy.packaging import (
     sidecar_container,
 )
 
+pytestmark = pytest.mark.tools  # helm, kubectl
+
 Grants = dict[tuple[str, str], set[str]]
 
 DISCOVERY: Grants = {

@@ -20,6 +20,8 @@ from tests.conftest import require_tool
 from tests.deploy.artifacts import GRAFANA_DIR, PROMETHEUS_DIR, load_dashboard, panel_queries
 from tests.deploy.test_live_prometheus import substitute
 
+pytestmark = pytest.mark.tools  # promtool
+
 FLEET = load_dashboard(GRAFANA_DIR / "tokenwatt-fleet.json")
 ALL = ".*"
 """The `allValue` of the namespace, workload and model variables."""
