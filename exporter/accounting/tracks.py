@@ -13,6 +13,7 @@ Prometheus semantics (the increment across a reset is the value after it).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 
@@ -66,6 +67,13 @@ class EnergyTrack:
         self._t.append(sample.t)
         self._e.append(self.counter.total)
         return reset
+
+    def reading_t(self, index: int) -> float:
+        """Instant of the reading at `index` (negative: from the latest); -inf where there is none."""
+        try:
+            return self._t[index]
+        except IndexError:
+            return -math.inf
 
     def forget_before(self, t: float) -> None:
         """Drop readings no longer needed to interpolate at instants from `t` on."""
