@@ -11,7 +11,8 @@ policy: with `pollers.COALESCE_S` (since issue 16) a read before the scrape is s
 was taken within that window and the read after it is shared by every scrape that ends before it;
 without it (the code before), every scrape has its own read before and after.
 
-Printed per N: CPU microseconds per scrape (the reads beside it, queuing its tokens and settling),
+Printed per N: CPU microseconds per scrape (all the accounting work of the run: the reads, queuing
+tokens, settling, divided by the scrapes),
 the readings each GPU's history holds at the end; and, for the steady-state runs (the windows'
 15 minutes of intervals retained), the time of `Accountant.snapshot` (best of 5) at the end.
 """
@@ -99,7 +100,10 @@ class Fleet:
         return [TokenSample(f"s{i:04d}", t, ModelTokens("m", 200.0 * dt, 50.0 * dt, running=8.0))]
 
     def run(self, seconds: float) -> tuple[float, int]:
-        """Simulate `seconds` more; return (CPU seconds spent on scrapes, scrapes)."""
+        """Simulate `seconds` more; return (CPU seconds of the whole run, scrapes).
+
+        The CPU time covers everything the accounting does in the run (the periodic reads and
+        settles too), divided by the scrapes it is reported per scrape."""
         begin = self.clock.now
         events: list[tuple[float, int, int]] = []  # (instant, kind, server): 0 poll, 1 scrape end, 2 read
         for k in range(int(seconds)):
@@ -108,14 +112,14 @@ class Fleet:
                 heapq.heappush(events, (begin + k + i / self.servers + SCRAPE_S, 1, i))
         waiting: list[tuple[int, float]] = []
         scheduled: float | None = None
-        spent, scrapes = 0.0, 0
+        scrapes = 0
+        c0 = time.process_time()
         while events:
             t, kind, i = heapq.heappop(events)
             if kind == 0:
                 self.read(t)
                 self.daemon._settle()
                 continue
-            c0 = time.process_time()
             if kind == 2:
                 self.read(t)
                 for server, instant in waiting:
@@ -134,8 +138,7 @@ class Fleet:
                     scheduled = max(t, self.last_read + COALESCE_S) + 1e-6
                     heapq.heappush(events, (scheduled, 2, -1))
                 scrapes += 1
-            spent += time.process_time() - c0
-        return spent, scrapes
+        return time.process_time() - c0, scrapes
 
     def readings_per_gpu(self) -> int:
         tracks = self.daemon.accountant.tracks.values()

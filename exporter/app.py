@@ -105,6 +105,9 @@ class Daemon:
         self.targets: dict[str, TargetPoller] = {}
         self.auth = Authenticator(web.users if web else {})
         self._gpus: tuple[Gpu, ...] = ()
+        # The source's optional abilities, checked once: a Protocol isinstance costs more than a read.
+        self._activity = source if isinstance(source, ActivityReporting) else None
+        self._refresh = source if isinstance(source, RefreshObserving) else None
         self._resets: dict[str, dict[str | None, int]] = {}
         """Server -> model -> token counter resets logged so far."""
         self._session: aiohttp.ClientSession | None = None
@@ -258,8 +261,8 @@ class Daemon:
         self.supervisor.start(poller)
 
     def _take_energy(self, samples: list[GpuSample]) -> None:
-        if isinstance(self.source, ActivityReporting):
-            self.accountant.add_activity(self.source.activity)
+        if self._activity is not None:
+            self.accountant.add_activity(self._activity.activity)
         reset = self.accountant.add_energy(samples)
         passed = {s.gpu for s in samples if s.gpu.uuid in self.accountant.tracks}  # past the gate
         self._place(passed | {g for g, _ in self._unchanged()})
@@ -268,10 +271,10 @@ class Daemon:
 
     def _unchanged(self) -> tuple[tuple[Gpu, float], ...]:
         """How long each GPU past the gate has shown the same values (a refresh-observing source)."""
-        if not isinstance(self.source, RefreshObserving):
+        if self._refresh is None:
             return ()
         tracked = self.accountant.tracks
-        return tuple((g, s) for g, s in self.source.unchanged_s(self._clock()) if g.uuid in tracked)
+        return tuple((g, s) for g, s in self._refresh.unchanged_s(self._clock()) if g.uuid in tracked)
 
     def _take_tokens(self, samples: list[TokenSample]) -> None:
         """Queue one scrape and settle what it can settle: its own server's queue, nothing else."""

@@ -22,7 +22,7 @@ Windowed and cumulative figures are kept as intervals close (`totals`), so a sna
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.accounting.attribution import Claim, GpuLedger
@@ -99,7 +99,7 @@ class Accountant:
         self.placement = Placement({s: frozenset() for s in servers})
         self._servers_on: dict[str, tuple[str, ...]] = {}
         """GPU UUID -> the servers placed on it."""
-        self._fixed_shares: dict[str, tuple[Share, ...]] = {}
+        self._fixed_shares: dict[str, tuple[tuple[Share, ...], Mapping[str, float]]] = {}
         """GPU UUID -> its shares when no activity is measured (they change only with the placement)."""
         self.tracks: dict[str, EnergyTrack] = {}
         self.gpu_ledgers: dict[str, GpuLedger] = {}
@@ -160,19 +160,22 @@ class Accountant:
             if track.counter.jumps != jumps:
                 self.gate.note("gpu", uuid, s.t, "implausible_increase", s.energy_j)
             if previous_t is not None and track.latest_t != previous_t:
-                shares = self._shares(uuid)
+                shares, by_server = self._shares(uuid)
                 self.shares[uuid] = shares
-                self.gpu_ledgers[uuid].add_step(previous_t, s.t, {x.server: x.share for x in shares})
+                self.gpu_ledgers[uuid].add_step(previous_t, s.t, by_server)
         return reset
 
-    def _shares(self, uuid: str) -> tuple[Share, ...]:
+    def _shares(self, uuid: str) -> tuple[tuple[Share, ...], Mapping[str, float]]:
+        """The GPU's shares for the activity known now, and the same as server -> share."""
         activity = self._activity.get(uuid)
         if activity is not None:
-            return self.placement.shares(uuid, activity)
-        shares = self._fixed_shares.get(uuid)
-        if shares is None:
-            shares = self._fixed_shares[uuid] = self.placement.shares(uuid, None)
-        return shares
+            shares = self.placement.shares(uuid, activity)
+            return shares, {x.server: x.share for x in shares}
+        fixed = self._fixed_shares.get(uuid)
+        if fixed is None:
+            shares = self.placement.shares(uuid, None)
+            fixed = self._fixed_shares[uuid] = (shares, {x.server: x.share for x in shares})
+        return fixed
 
     def add_tokens(self, samples: Sequence[TokenSample]) -> None:
         """Queue one scrape of one server (samples share their server and instant).
