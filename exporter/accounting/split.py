@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING
 
+from exporter.accounting.totals import SCALE, fixed
+
 if TYPE_CHECKING:  # the ledger keeps its blocks here: a runtime import would be circular
     from exporter.accounting.ledger import Interval
 
@@ -78,9 +80,9 @@ class SplitBlocks:
     """A server's blocks of measured intervals and the sums of their normal equations, kept as they go.
 
     A block enters the sums when it closes and leaves them once it ended before the fit's window, so
-    a fit costs the same whatever the window. The sums are re-based (summed afresh from the blocks)
-    once as many blocks have left as remain, which bounds the float round-off, and the fit is
-    computed again only when the blocks changed.
+    a fit costs the same whatever the window. The sums are integers in billionths, as in `totals`:
+    a block leaves exactly what it added, so they never drift. The fit is computed again only when
+    the blocks changed.
     """
 
     def __init__(self, block_s: float = BLOCK_S) -> None:
@@ -90,7 +92,6 @@ class SplitBlocks:
         self._y = 0.0
         self._end: float | None = None
         self._sums = _RunningSums()
-        self._removed = 0
         self._fit: EnergySplit | None = None
         self._stale = False
 
@@ -109,7 +110,7 @@ class SplitBlocks:
         if x[2] >= self.block_s:
             block = _Block(interval.t_end, (x[0], x[1], x[2]), self._y)
             self._blocks.append(block)
-            self._sums.add(block, 1.0)
+            self._sums.add(block, 1)
             self._x, self._y = [0.0, 0.0, 0.0], 0.0
             self._stale = True
 
@@ -117,14 +118,8 @@ class SplitBlocks:
         """The fit over the blocks that ended after `since_t`."""
         blocks = self._blocks
         while blocks and blocks[0].t_end <= since_t:
-            self._sums.add(blocks.popleft(), -1.0)
-            self._removed += 1
+            self._sums.add(blocks.popleft(), -1)
             self._stale = True
-        if self._removed and self._removed >= len(blocks):
-            self._sums = _RunningSums()
-            for block in blocks:
-                self._sums.add(block, 1.0)
-            self._removed = 0
         if self._stale:
             self._fit = _fit(self._sums.frozen())
             self._stale = False
@@ -141,30 +136,32 @@ class _Block:
 
 
 class _RunningSums:
+    """X'X, X'y, y'y and Σy of the blocks, in billionths (see `totals`)."""
+
     __slots__ = ("n", "xtx", "xty", "y_sum", "yty")
 
     def __init__(self) -> None:
-        self.xtx = [[0.0] * 3 for _ in range(3)]
-        self.xty = [0.0] * 3
-        self.yty = self.y_sum = 0.0
+        self.xtx = [[0] * 3 for _ in range(3)]
+        self.xty = [0] * 3
+        self.yty = self.y_sum = 0
         self.n = 0
 
-    def add(self, block: _Block, sign: float) -> None:
+    def add(self, block: _Block, sign: int) -> None:
         x, y = block.x, block.y
         for i in range(3):
-            self.xty[i] += sign * x[i] * y
+            self.xty[i] += sign * fixed(x[i] * y)
             for j in range(3):
-                self.xtx[i][j] += sign * x[i] * x[j]
-        self.yty += sign * y * y
-        self.y_sum += sign * y
-        self.n += int(sign)
+                self.xtx[i][j] += sign * fixed(x[i] * x[j])
+        self.yty += sign * fixed(y * y)
+        self.y_sum += sign * fixed(y)
+        self.n += sign
 
     def frozen(self) -> _Sums | None:
         if self.n == 0:
             return None
-        xtx, xty = self.xtx, self.xty
-        rows = tuple((r[0], r[1], r[2]) for r in xtx)
-        return _Sums(rows, (xty[0], xty[1], xty[2]), self.yty, self.y_sum, self.n)
+        xtx = tuple((r[0] / SCALE, r[1] / SCALE, r[2] / SCALE) for r in self.xtx)
+        xty = (self.xty[0] / SCALE, self.xty[1] / SCALE, self.xty[2] / SCALE)
+        return _Sums(xtx, xty, self.yty / SCALE, self.y_sum / SCALE, self.n)
 
 
 def _fit(sums: _Sums | None) -> EnergySplit | None:

@@ -6,10 +6,10 @@ takes it away when it leaves the window (`SlidingTotals`), so reading a window c
 whatever its length. The rules live in `Totals.add` alone: an unmeasured interval counts for
 nothing, an idle one adds to the idle sums too and belongs to no band.
 
-Taking intervals away leaves float round-off behind. Each sum counts its intervals and is set to
-exactly zero when the count falls to zero (an emptied window shows 0, not 1e-13), and a window is
-re-based (summed afresh from its intervals) once as many intervals have left it as it holds, so
-the error stays that of summing one window's worth of values, at an amortised constant cost.
+Sums are held as integers in billionths (nanojoules, nanoseconds, billionths of a token): taking
+away an interval subtracts exactly what adding it added, so running sums never drift, however
+long they run, and a window that emptied reads exactly zero. Rounding each value to a billionth
+changes a figure by at most a billionth of a unit per interval.
 """
 
 from __future__ import annotations
@@ -23,72 +23,94 @@ if TYPE_CHECKING:  # the ledger keeps its totals here: a runtime import would be
 
 BandOf = Callable[[float], str]
 K = TypeVar("K")
+SCALE = 1e9
+"""Units per integer step of a sum: values are held in billionths."""
+
+
+def fixed(value: float) -> int:
+    """`value` in billionths, as the sums hold it."""
+    return round(value * SCALE)
 
 
 class Sums:
     """Energy and tokens of one model (or one model's band) over a set of measured intervals."""
 
-    __slots__ = ("energy_j", "idle_energy_j", "idle_intervals", "input_tokens", "intervals", "output_tokens")
+    __slots__ = ("_energy", "_idle_energy", "_input", "_output", "intervals")
 
     def __init__(self) -> None:
-        self.energy_j = 0.0
-        self.idle_energy_j = 0.0
-        self.input_tokens = 0.0
-        self.output_tokens = 0.0
+        self._energy = self._idle_energy = self._input = self._output = 0
         self.intervals = 0
-        self.idle_intervals = 0
 
-    def add(self, energy_j: float, input_tokens: float, output_tokens: float, idle: bool, sign: int) -> None:
+    @property
+    def energy_j(self) -> float:
+        return self._energy / SCALE
+
+    @property
+    def idle_energy_j(self) -> float:
+        return self._idle_energy / SCALE
+
+    @property
+    def input_tokens(self) -> float:
+        return self._input / SCALE
+
+    @property
+    def output_tokens(self) -> float:
+        return self._output / SCALE
+
+    def add(self, energy: int, inputs: int, outputs: int, idle: bool, sign: int) -> None:
         self.intervals += sign
-        self.energy_j += sign * energy_j
-        self.input_tokens += sign * input_tokens
-        self.output_tokens += sign * output_tokens
+        self._energy += sign * energy
+        self._input += sign * inputs
+        self._output += sign * outputs
         if idle:
-            self.idle_intervals += sign
-            self.idle_energy_j += sign * energy_j
-            if self.idle_intervals == 0:
-                self.idle_energy_j = 0.0
+            self._idle_energy += sign * energy
 
 
 class Totals:
     """A server's sums over a set of measured intervals: its own, each model's, each model-band's."""
 
-    __slots__ = ("bands", "energy_j", "idle_energy_j", "idle_intervals", "idle_s", "intervals",
-                 "measured_s", "models")
+    __slots__ = ("_energy", "_idle_energy", "_idle_time", "_time", "bands", "intervals", "models")
 
     def __init__(self) -> None:
-        self.energy_j = 0.0
-        self.measured_s = 0.0
-        self.idle_energy_j = 0.0
-        self.idle_s = 0.0
+        self._energy = self._time = self._idle_energy = self._idle_time = 0
         self.intervals = 0
-        self.idle_intervals = 0
         self.models: dict[str | None, Sums] = {}
         self.bands: dict[tuple[str | None, str], Sums] = {}
 
+    @property
+    def energy_j(self) -> float:
+        return self._energy / SCALE
+
+    @property
+    def measured_s(self) -> float:
+        return self._time / SCALE
+
+    @property
+    def idle_energy_j(self) -> float:
+        return self._idle_energy / SCALE
+
+    @property
+    def idle_s(self) -> float:
+        return self._idle_time / SCALE
+
     def add(self, interval: Interval, band_of: BandOf, sign: int = 1) -> None:
         """Add (`sign` 1) or take away (`sign` -1) one interval; an unmeasured one counts for nothing."""
-        energy_j = interval.energy_j
-        if energy_j is None:
+        if interval.energy_j is None:
             return
-        idle, duration_s = interval.idle, interval.duration_s
+        idle = interval.idle
+        energy, duration = fixed(interval.energy_j), fixed(interval.duration_s)
         self.intervals += sign
-        self.energy_j += sign * energy_j
-        self.measured_s += sign * duration_s
+        self._energy += sign * energy
+        self._time += sign * duration
         if idle:
-            self.idle_intervals += sign
-            self.idle_energy_j += sign * energy_j
-            self.idle_s += sign * duration_s
+            self._idle_energy += sign * energy
+            self._idle_time += sign * duration
         for part in interval.models:
-            part_j = part.energy_j or 0.0
-            _add(self.models, part.model, part_j, part.input_tokens, part.output_tokens, idle, sign)
+            part_j = fixed(part.energy_j or 0.0)
+            inputs, outputs = fixed(part.input_tokens), fixed(part.output_tokens)
+            _add(self.models, part.model, part_j, inputs, outputs, idle, sign)
             if not idle and part.running is not None:
-                key = (part.model, band_of(part.running))
-                _add(self.bands, key, part_j, part.input_tokens, part.output_tokens, False, sign)
-        if self.idle_intervals == 0:
-            self.idle_energy_j = self.idle_s = 0.0
-        if self.intervals == 0:
-            self.energy_j = self.measured_s = 0.0
+                _add(self.bands, (part.model, band_of(part.running)), part_j, inputs, outputs, False, sign)
 
     def forget(self, model: str | None) -> None:
         """Drop a model and its bands (it expired from the accounting)."""
@@ -97,13 +119,11 @@ class Totals:
             del self.bands[key]
 
 
-def _add(
-    sums: dict[K, Sums], key: K, energy_j: float, inputs: float, outputs: float, idle: bool, sign: int
-) -> None:
+def _add(sums: dict[K, Sums], key: K, energy: int, inputs: int, outputs: int, idle: bool, sign: int) -> None:
     entry = sums.get(key)
     if entry is None:
         entry = sums[key] = Sums()
-    entry.add(energy_j, inputs, outputs, idle, sign)
+    entry.add(energy, inputs, outputs, idle, sign)
     if entry.intervals == 0:
         del sums[key]
 
@@ -118,14 +138,13 @@ def totals_of(intervals: Iterable[Interval], band_of: BandOf) -> Totals:
 class SlidingTotals:
     """The sums over the intervals that ended in (now - window, now], kept as intervals arrive and leave."""
 
-    __slots__ = ("_band_of", "_intervals", "_removed", "totals", "window_s")
+    __slots__ = ("_band_of", "_intervals", "totals", "window_s")
 
     def __init__(self, window_s: float, band_of: BandOf) -> None:
         self.window_s = window_s
         self.totals = Totals()
         self._band_of = band_of
         self._intervals: deque[Interval] = deque()
-        self._removed = 0
 
     def add(self, interval: Interval) -> None:
         if interval.energy_j is None:
@@ -138,8 +157,4 @@ class SlidingTotals:
         start, intervals = now - self.window_s, self._intervals
         while intervals and intervals[0].t_end <= start:
             self.totals.add(intervals.popleft(), self._band_of, -1)
-            self._removed += 1
-        if self._removed and self._removed >= len(intervals):
-            self.totals = totals_of(intervals, self._band_of)
-            self._removed = 0
         return self.totals
