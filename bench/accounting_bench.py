@@ -142,7 +142,7 @@ class Fleet:
 
     def readings_per_gpu(self) -> int:
         tracks = self.daemon.accountant.tracks.values()
-        return max(len(track._t) for track in tracks)
+        return max(len(track._t) for track in tracks)  # private: the code before issue 16 has no len()
 
     def snapshot_s(self) -> float:
         best = float("inf")

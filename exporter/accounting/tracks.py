@@ -44,6 +44,10 @@ class EnergyTrack:
         """Energy measured since the first reading (joules, never decreasing)."""
         return self.counter.total
 
+    def __len__(self) -> int:
+        """Readings held."""
+        return len(self._t)
+
     @property
     def latest_t(self) -> float | None:
         return self._t[-1] if self._t else None
