@@ -211,8 +211,8 @@ class EnergyPoller:
         self._background: set[asyncio.Future[float]] = set()
         self._last_start = -math.inf
         """When the latest read started (monotonic)."""
-        self._upcoming: tuple[float, asyncio.Future[float]] | None = None
-        """The read scheduled after scrapes: when it starts (monotonic), and the read."""
+        self._upcoming: asyncio.Future[float] | None = None
+        """The read scheduled after scrapes, until it starts."""
 
     @property
     def deadline_s(self) -> float:
@@ -265,26 +265,26 @@ class EnergyPoller:
             return 0.0
         return await self._wait(asyncio.ensure_future(self.read()), 0.0)
 
-    async def read_after_scrape(self, scrape_end: float) -> float:
-        """A reading after a scrape that ended at `scrape_end` (monotonic), shared with other scrapes.
+    async def read_after_scrape(self) -> float:
+        """A reading after a scrape that just ended, shared with the scrapes that end before it starts.
 
-        Joins a read scheduled to start after the scrape ended; otherwise schedules one, no sooner
-        than `COALESCE_S` after the previous read started, which every scrape ending before it
-        joins. The caller waits at most that delay plus `BESIDE_SCRAPE_WAIT_S`; a slower read goes
-        on in the background, within its own deadline, and the scrape goes ahead (it is settled
-        once a reading after it exists). Returns the time the caller waited.
+        Joins the read scheduled after earlier scrapes while it has not started; otherwise
+        schedules one, no sooner than `COALESCE_S` after the previous read started. The caller
+        waits at most that delay plus `BESIDE_SCRAPE_WAIT_S`; a slower read goes on in the
+        background, within its own deadline, and the scrape goes ahead (it is settled once a
+        reading after it exists). Returns the time the caller waited.
         """
         if not self.source.reads_fresh or self.failures:
             return 0.0
         now = time.monotonic()
-        upcoming = self._upcoming
-        if upcoming is None or upcoming[0] < scrape_end or upcoming[1].done():
-            start = max(now, self._last_start + COALESCE_S)
-            upcoming = self._upcoming = (start, asyncio.ensure_future(self._read_at(start)))
-        return await self._wait(upcoming[1], max(0.0, upcoming[0] - now))
+        if self._upcoming is None:
+            self._upcoming = asyncio.ensure_future(self._read_at(max(now, self._last_start + COALESCE_S)))
+        return await self._wait(self._upcoming, max(0.0, self._last_start + COALESCE_S - now))
 
     async def _read_at(self, start: float) -> float:
         await asyncio.sleep(max(0.0, start - time.monotonic()))
+        self._upcoming = None  # starting now: a scrape that ends from here on needs a later read
+        self._last_start = time.monotonic()
         return await self.read()
 
     async def _wait(self, read: asyncio.Future[float], delay_s: float) -> float:
@@ -374,7 +374,7 @@ class TargetPoller:
             self._on_up()
         self.up = True
         self.last_success_t = self._clock()
-        bracket_s += await self._energy.read_after_scrape(time.monotonic())
+        bracket_s += await self._energy.read_after_scrape()
         self.energy_read_duration_s = bracket_s
         self._on_tokens(samples)
 
