@@ -15,6 +15,12 @@ Printed per N: CPU microseconds per scrape (all the accounting work of the run: 
 tokens, settling, divided by the scrapes),
 the readings each GPU's history holds at the end; and, for the steady-state runs (the windows'
 15 minutes of intervals retained), the time of `Accountant.snapshot` (best of 5) at the end.
+
+The same script measures the code before issue 16 (it reads that code's policy from the absence
+of `pollers.COALESCE_S`):
+
+    git archive e730f0a | tar -x -C /tmp/before && cp bench/accounting_bench.py /tmp/before/bench/
+    python3 /tmp/before/bench/accounting_bench.py
 """
 
 from __future__ import annotations
