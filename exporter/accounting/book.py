@@ -112,7 +112,9 @@ class Accountant:
         self.model_cap = ModelCap(servers, model_limits)
 
     def _new_ledger(self, server: str) -> ServerLedger:
-        return ServerLedger(server, self._retain_s, self.windows_s, self.load_bands, self.split_block_s)
+        return ServerLedger(
+            server, self._retain_s, self.windows_s, self.load_bands, self.split_block_s, self.split_window_s
+        )
 
     def set_placement(self, placement: Placement) -> None:
         self.placement = placement

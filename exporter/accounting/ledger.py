@@ -13,6 +13,7 @@ active-only figures can leave it out.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class ServerLedger:
         windows_s: Sequence[float] = (),
         bands: LoadBands | None = None,
         split_block_s: float = BLOCK_S,
+        split_window_s: float = math.inf,
     ) -> None:
         self.name = name
         self.models: dict[str | None, ModelLedger] = {}
@@ -102,7 +104,7 @@ class ServerLedger:
         self.total = Totals()
         """Sums over every measured interval (a model's part leaves with the model)."""
         self.windows = tuple(SlidingTotals(w, band_of) for w in windows_s)
-        self.split = SplitBlocks(split_block_s)
+        self.split = SplitBlocks(split_block_s, split_window_s)
         self._band_of = band_of
         self.unmeasured_s = 0.0
         self.first_t: float | None = None

@@ -85,8 +85,11 @@ class SplitBlocks:
     the blocks changed.
     """
 
-    def __init__(self, block_s: float = BLOCK_S) -> None:
+    def __init__(self, block_s: float = BLOCK_S, window_s: float = math.inf) -> None:
+        """`window_s`: blocks older than this behind the latest interval are dropped as intervals come,
+        so they do not pile up between fits."""
         self.block_s = block_s
+        self.window_s = window_s
         self._blocks: deque[_Block] = deque()
         self._x = [0.0, 0.0, 0.0]
         self._y = 0.0
@@ -113,17 +116,21 @@ class SplitBlocks:
             self._sums.add(block, 1)
             self._x, self._y = [0.0, 0.0, 0.0], 0.0
             self._stale = True
+            self._drop_before(interval.t_end - self.window_s)
 
     def fit(self, since_t: float) -> EnergySplit | None:
         """The fit over the blocks that ended after `since_t`."""
-        blocks = self._blocks
-        while blocks and blocks[0].t_end <= since_t:
-            self._sums.add(blocks.popleft(), -1)
-            self._stale = True
+        self._drop_before(since_t)
         if self._stale:
             self._fit = _fit(self._sums.frozen())
             self._stale = False
         return self._fit
+
+    def _drop_before(self, since_t: float) -> None:
+        blocks = self._blocks
+        while blocks and blocks[0].t_end <= since_t:
+            self._sums.add(blocks.popleft(), -1)
+            self._stale = True
 
 
 @dataclass(frozen=True, slots=True)
