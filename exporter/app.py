@@ -27,6 +27,7 @@ from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ConfigError, ServerConfig, load_config
 from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
+    DraHealth,
     Health,
     PlacementHealth,
     SourceHealth,
@@ -36,6 +37,7 @@ from exporter.exposition.collector import (
 from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
+from exporter.placement.dra import ResourceSliceWatcher, watcher_of
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 from exporter.values import Gpu, GpuSample, PodRef, TokenSample
@@ -111,6 +113,7 @@ class Daemon:
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
+        self.dra: ResourceSliceWatcher | None = watcher_of(config, lambda: self._place(set(), force=True))
         self.collector = TokenwattCollector(self.snapshot)
         self.url: str | None = None
 
@@ -155,6 +158,16 @@ class Daemon:
                 else None
             ),
             pods=tuple((s.name, pod) for s in self.config.servers if (pod := s.pod_ref) is not None),
+            dra=(
+                DraHealth(
+                    bool(d.up) and self.supervisor.healthy(d.component),
+                    tuple(sorted(d.errors.items())),
+                    len(d.view),
+                    len(d.unresolved),
+                )
+                if (d := self.dra)
+                else None
+            ),
         )
         return self.accountant.snapshot(self._clock()), health
 
@@ -189,6 +202,8 @@ class Daemon:
             self.supervisor.start(self.energy)
             if self.kubelet is not None:
                 self.supervisor.start(self.kubelet)
+            if self.dra is not None:
+                self.supervisor.start(self.dra)
             for server in self.config.servers:
                 self._start_target(server)
             try:
@@ -197,6 +212,8 @@ class Daemon:
                 given_up.cancel()
                 stopped.cancel()
                 await self.supervisor.stop_all()
+                if self.dra is not None:
+                    await self.dra.close()
                 await runner.cleanup()
                 await self._close_source()
         if self.supervisor.give_up_reason is not None:
@@ -289,6 +306,8 @@ class Daemon:
         static = {s.name: s.gpus for s in servers if s.pod_ref is None}
         pods = {s.name: _pod_of(s) for s in servers if s.pod is not None or s.pod_uid}
         devices = self.kubelet.devices if self.kubelet else {}
+        if self.kubelet is not None and self.dra is not None:  # DRA claims as the GPUs their slices name
+            devices, migs = self.dra.resolve(devices, self.kubelet.claims, pods, migs)
         placement, unmatched = place(static, pods, devices, seen, migs)
         before = self.accountant.placement
         if placement == before:

@@ -421,6 +421,11 @@ class PlacementConfig(_Strict):
                 f"dra.enabled: true needs source: kubelet (it is {self.source!r}): "
                 "DRA claims are read from the kubelet's pod-resources API"
             )
+        if self.dra.enabled and not os.environ.get("NODE_NAME"):
+            raise ValueError(
+                "dra.enabled: true needs this node's name to select its ResourceSlices: set the NODE_NAME "
+                "environment variable (the Downward API's spec.nodeName)"
+            )
         return self
 
 

@@ -69,6 +69,19 @@ class PlacementHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class DraHealth:
+    """The DRA ResourceSlice view's state (absent without `placement.dra.enabled`)."""
+
+    up: bool
+    errors: tuple[tuple[str, int], ...]
+    """Failed calls to the Kubernetes API so far, by reason (and expired watches)."""
+    devices: int
+    """Devices of the driver the view holds."""
+    unresolved: int
+    """Claim devices of the servers' pods that no ResourceSlice names."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     version: str
     source: SourceHealth
@@ -83,6 +96,7 @@ class Health:
     """Unix time of the latest successful config load (start-up or reload)."""
     auth_refused: int = 0
     """Requests refused because their client failed to log in too often."""
+    dra: DraHealth | None = None
 
 
 def window_label(seconds: float) -> str:
@@ -106,26 +120,44 @@ class TokenwattCollector(Collector):
         yield from with_pod_labels(self._server_metrics(snap), pods)
         yield from with_pod_labels(self._accounting_metrics(snap), pods)
         yield from with_pod_labels(self._health_metrics(health), pods)
-        yield from self._placement_metrics(health.placement)
+        yield from self._placement_metrics(health.placement, health.dra)
         yield from with_pod_labels(self._rejection_metrics(snap), pods)
 
-    def _placement_metrics(self, placement: PlacementHealth | None) -> Iterator[Metric]:
+    def _placement_metrics(
+        self, placement: PlacementHealth | None, dra: DraHealth | None
+    ) -> Iterator[Metric]:
         if placement is None:
             return
         up = GaugeMetricFamily(
             "tokenwatt_placement_up",
-            "1 if the latest call to the kubelet succeeded; while 0 the last good placement stays in force.",
+            "1 if the latest call to the placement source (the kubelet; the Kubernetes API for DRA) "
+            "succeeded; while 0 the last good placement stays in force.",
             labels=["source"],
         )
         up.add_metric(["kubelet"], 1.0 if placement.up else 0.0)
         errors = CounterMetricFamily(
             "tokenwatt_placement_errors",
-            "Failed calls to the kubelet's pod-resources API, by reason.",
+            "Failed calls to the kubelet's pod-resources API, or to the Kubernetes API for DRA, by reason.",
             labels=["source", "reason"],
         )
         for reason, count in placement.errors:
             errors.add_metric(["kubelet", reason], count)
+        if dra is not None:
+            up.add_metric(["dra"], 1.0 if dra.up else 0.0)
+            for reason, count in dra.errors:
+                errors.add_metric(["dra", reason], count)
         yield from (up, errors)
+        if dra is not None:
+            yield GaugeMetricFamily(
+                "tokenwatt_placement_dra_devices",
+                "Devices of the DRA driver that its ResourceSlices on this node publish (last good view).",
+                value=dra.devices,
+            )
+            yield GaugeMetricFamily(
+                "tokenwatt_placement_dra_unresolved_devices",
+                "Devices of the servers' DRA claims that no ResourceSlice names (placed on no GPU).",
+                value=dra.unresolved,
+            )
 
     def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         labels = ["gpu", "uuid", "gpu_model"]

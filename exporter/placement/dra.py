@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-import httpx2
 import structlog
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 from lightkube.core.client import FieldSelector
-from lightkube.core.exceptions import ConfigError, LoadResourceError
 from lightkube.core.resource import GlobalResource
 from lightkube.models import resource_v1beta1 as models_v1beta1
 from lightkube.resources import resource_v1, resource_v1beta1
 
+from exporter.config import Config
+from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
 from exporter.placement import mig_profile_slices
 from exporter.values import MigDevice, PodRef
 
@@ -224,14 +225,10 @@ class ResourceSliceWatcher:
                 await self._list(self._client)
             else:
                 await self._watch(self._client)
-        except ConfigError as e:
+        except KubeConfigError as e:
             self._fail("no_credentials", str(e))
-        except ApiError as e:
-            self._api_error(e)
-        except TimeoutError:
-            self._fail("timeout", f"no answer from the Kubernetes API within {REQUEST_TIMEOUT_S:g}s")
-        except (httpx2.TransportError, LoadResourceError) as e:
-            self._fail("unavailable", f"{type(e).__name__}: {e}")
+        except API_ERRORS as e:
+            self._api_error(api_error(e))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -308,19 +305,17 @@ class ResourceSliceWatcher:
             log.info("placement up", source="dra", driver=self.driver, node=self.node_name)
         self.up, self.reason, self.failures = True, None, 0
 
-    def _api_error(self, e: ApiError) -> None:
-        code = e.status.code
-        if code == 404 and len(self._versions) > 1 and self._resource_version is None:
+    def _api_error(self, e: KubeError) -> None:
+        if e.code == 404 and len(self._versions) > 1 and self._resource_version is None:
             gone = self._versions.pop(0)
             log.info("resource.k8s.io version not served, trying the next", api_version=gone)
             return
-        if code == 410:
+        if e.code == 410:
             log.info("ResourceSlice watch expired (410 Gone): listing again", driver=self.driver)
-            self.errors["watch_expired"] += 1
+            self.errors["expired"] += 1
             self._resource_version = None
             return
-        reasons = {401: "unauthorized", 403: "forbidden", 404: "not_found", 429: "rate_limited"}
-        self._fail(reasons.get(code or 0, "api_error"), f"{code}: {e.status.message}"[:300])
+        self._fail(e.reason, str(e))
 
     def _fail(self, reason: str, message: str) -> None:
         self.failures += 1
@@ -385,3 +380,13 @@ def resolve_claims(
 
 def _name(item: ResourceSlice) -> str:
     return (item.metadata.name if item.metadata else None) or ""
+
+
+def watcher_of(config: Config, on_change: Callable[[], None]) -> ResourceSliceWatcher | None:
+    """The watcher of a config with `placement.dra.enabled`; None without. The node is the one named by
+    `NODE_NAME` (the Downward API's `spec.nodeName`); the credentials are in-cluster, else `$KUBECONFIG`."""
+    dra = config.placement.dra
+    if not dra.enabled:
+        return None
+    node = os.environ.get("NODE_NAME", "")
+    return ResourceSliceWatcher(lambda: open_client(None, REQUEST_TIMEOUT_S), dra.driver, node, on_change)
