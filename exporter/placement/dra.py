@@ -338,6 +338,8 @@ class ResourceSliceWatcher:
         the slices give them; the MIG devices to resolve them against (`migs`, plus those only the
         slices describe). Logs each claim device no slice names, once."""
         ids, extra, unresolved = resolve_claims(claims, self.driver, self.view)
+        if self.api_version is None:
+            unresolved = frozenset()  # no list yet: nothing can be told unresolvable
         merged = {s: frozenset((*devices.get(s, ()), *ids.get(s, ()))) for s in devices.keys() | ids.keys()}
         migs = tuple(migs)
         known = {m.uuid.lower() for m in migs}

@@ -11,7 +11,7 @@ import pytest
 from lightkube.resources import resource_v1, resource_v1beta1
 from structlog.testing import capture_logs
 
-from exporter.config import validate_config
+from exporter.config import ConfigError, validate_config
 from exporter.placement import Holding, Unmatched
 from exporter.placement.dra import (
     ClaimDevice,
@@ -93,6 +93,7 @@ def watcher_with(*slices: dict[str, object]) -> ResourceSliceWatcher:
 
     watcher = ResourceSliceWatcher(no_client, DRIVER, NODE)  # type: ignore[arg-type]
     watcher.view = SliceView({str(i): parse("v1", s) for i, s in enumerate(slices)})
+    watcher.api_version = "v1"  # as after a list
     return watcher
 
 
@@ -189,7 +190,10 @@ async def test_without_dra_claim_devices_are_not_read(kubelet: FakeKubelet) -> N
     assert [e["event"] for e in logs] == ["placement up", "no GPU allocated to the pod on this node"]
 
 
-async def test_the_refresher_keeps_claims_apart_and_sees_them_change(kubelet: FakeKubelet) -> None:
+async def test_the_refresher_keeps_claims_apart_and_sees_them_change(
+    kubelet: FakeKubelet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NODE_NAME", NODE)
     config = validate_config(
         {
             "placement": {
@@ -227,9 +231,24 @@ async def test_the_refresher_keeps_claims_apart_and_sees_them_change(kubelet: Fa
         ({"source": "kubelet", "dra": {"enabled": "yes please"}}, "placement.dra.enabled"),
     ],
 )
-def test_bad_dra_config_names_the_field(placement: dict[str, object], problem: str) -> None:
-    from exporter.config import ConfigError
-
+def test_bad_dra_config_names_the_field(
+    placement: dict[str, object], problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NODE_NAME", NODE)
     with pytest.raises(ConfigError) as e:
         validate_config({"placement": placement})
     assert any(p.startswith(problem) for p in e.value.problems), e.value.problems
+
+
+def test_dra_needs_the_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    with pytest.raises(ConfigError) as e:
+        validate_config({"placement": {"source": "kubelet", "dra": {"enabled": True}}})
+    assert e.value.problems == [
+        "placement: dra.enabled: true needs this node's name to select its ResourceSlices: "
+        "set the NODE_NAME environment variable (the Downward API's spec.nodeName)"
+    ]
+    monkeypatch.setenv("NODE_NAME", NODE)
+    assert validate_config(
+        {"placement": {"source": "kubelet", "dra": {"enabled": True}}}
+    ).placement.dra.enabled
