@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Daemon
 from exporter.config import validate_config
@@ -53,6 +54,7 @@ from tests.placement.test_kubelet_end_to_end import (
     scrape,
     value,
 )
+from tests.test_end_to_end import documented_metric_names
 
 NODE = "gpu-node-1"
 TOKEN = "tokenwatt-token"
@@ -202,3 +204,6 @@ async def test_pods_with_gpus_only_through_dra_get_their_energy(monkeypatch: pyt
         [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert {"tokenwatt_placement_dra_devices", "tokenwatt_placement_dra_unresolved_devices"} <= families
+    assert families <= documented_metric_names()
