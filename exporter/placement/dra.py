@@ -54,6 +54,8 @@ RETRY_S = 1.0
 MAX_RETRY_S = 30.0
 MAX_SLICES = 512
 """Slices kept; the driver publishes one per node and pool, so more means a selector that did not hold."""
+MAX_DEVICES_PER_SLICE = 128
+"""Devices read from one slice: the most the API allows in one."""
 
 _SLICE_TYPES: dict[str, type[GlobalResource]] = {
     "v1": resource_v1.ResourceSlice,
@@ -114,7 +116,7 @@ def published(slice_: ResourceSlice) -> PublishedSlice:
     spec = slice_.spec
     driver = spec.driver
     devices: dict[str, SliceDevice] = {}
-    for device in spec.devices or ():
+    for device in (spec.devices or ())[:MAX_DEVICES_PER_SLICE]:
         if isinstance(device, models_v1beta1.Device):
             attributes = device.basic.attributes if device.basic is not None else None
         else:
@@ -130,8 +132,9 @@ def _device(driver: str, attributes: Mapping[str, Any]) -> SliceDevice | None:
     for name, attribute in attributes.items():
         # lightkube leaves the values of a mapping as the JSON objects the API sent:
         # {"string": "GPU-…"}, {"int": 0}, {"version": "12.4.0"}, {"bool": true}.
-        raw = attribute if isinstance(attribute, Mapping) else getattr(attribute, "__dict__", {})
-        value = raw.get("string", raw.get("int"))
+        if not isinstance(attribute, Mapping):
+            continue
+        value = attribute.get("string", attribute.get("int"))
         if isinstance(value, str | int) and not isinstance(value, bool):
             values[name.removeprefix(f"{driver}/")] = value
     uuid, parent, profile, index = (values.get(k) for k in ("uuid", "parentUUID", "profile", "index"))

@@ -252,3 +252,8 @@ def test_dra_needs_the_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert validate_config(
         {"placement": {"source": "kubelet", "dra": {"enabled": True}}}
     ).placement.dra.enabled
+
+
+def test_a_slice_is_read_up_to_the_devices_the_api_allows() -> None:
+    many = [gpu_device(PublishedGpu(i, f"GPU-7a1b2c3d-0000-4000-8000-{i:012d}")) for i in range(200)]
+    assert len(parse("v1", resource_slice(NODE, many)).devices) == 128

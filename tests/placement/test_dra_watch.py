@@ -215,3 +215,18 @@ async def test_no_credentials_is_a_state(monkeypatch: pytest.MonkeyPatch) -> Non
     w = ResourceSliceWatcher(lambda: open_client(None, 2.0), DRIVER, NODE)
     await w.poll_once()
     assert (w.up, w.reason) == (False, "no_credentials")
+
+
+async def test_slices_beyond_the_bound_are_left_out_and_counted(api: tuple[FakeKubeApi, Path]) -> None:
+    fake, kubeconfig = api
+    for i in range(520):
+        gpu = PublishedGpu(0, f"GPU-7a1b2c3d-0000-4000-8000-{i:012d}")
+        fake.put(RESOURCESLICES, resource_slice(NODE, [gpu_device(gpu)], suffix=f"{i:05d}"))
+    w = watcher(kubeconfig)
+    try:
+        with capture_logs() as logs:
+            await w.poll_once()
+    finally:
+        await w.close()
+    assert (w.up, len(w.view.slices), w.errors["too_many_slices"]) == (True, 512, 8)
+    assert [e["event"] for e in logs].count("too many ResourceSlices: ignoring the rest") == 1
