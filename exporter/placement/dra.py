@@ -204,7 +204,6 @@ class ResourceSliceWatcher:
         self._connect = connect
         self._client: AsyncClient | None = None
         self._versions = list(API_VERSIONS)
-        self._slices: dict[str, PublishedSlice] = {}
         self._resource_version: str | None = None
         self._on_change = on_change
         self._full_logged = False
@@ -270,7 +269,7 @@ class ResourceSliceWatcher:
                 async for kind, item in events:
                     if not isinstance(item, resource_v1.ResourceSlice | resource_v1beta1.ResourceSlice):
                         continue
-                    slices = dict(self._slices)
+                    slices = dict(self.view.slices)
                     if kind == "DELETED":
                         slices.pop(_name(item), None)
                     else:
@@ -293,10 +292,9 @@ class ResourceSliceWatcher:
         slices[name] = published(item)
 
     def _apply(self, slices: dict[str, PublishedSlice]) -> None:
-        self._slices = slices
-        view = SliceView(slices)
-        if view != self.view:
-            self.view = view
+        view, before = SliceView(slices), self.view
+        self.view = view
+        if view != before:  # the devices changed, not only the slices that hold them
             log.info("ResourceSlices changed", driver=self.driver, devices=len(view))
             self._on_change()
 
