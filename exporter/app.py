@@ -37,7 +37,7 @@ from exporter.exposition.collector import (
 from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
-from exporter.placement.dra import ResourceSliceWatcher, watcher_of
+from exporter.placement.dra import ResourceSliceWatcher, slice_watcher_of
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 from exporter.values import Gpu, GpuSample, PodRef, TokenSample
@@ -113,7 +113,9 @@ class Daemon:
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
-        self.dra: ResourceSliceWatcher | None = watcher_of(config, lambda: self._place(set(), force=True))
+        self.dra: ResourceSliceWatcher | None = slice_watcher_of(
+            config, lambda: self._place(set(), force=True)
+        )
         self.collector = TokenwattCollector(self.snapshot)
         self.url: str | None = None
 

@@ -385,7 +385,7 @@ def _name(item: ResourceSlice) -> str:
     return (item.metadata.name if item.metadata else None) or ""
 
 
-def watcher_of(config: Config, on_change: Callable[[], None]) -> ResourceSliceWatcher | None:
+def slice_watcher_of(config: Config, on_change: Callable[[], None]) -> ResourceSliceWatcher | None:
     """The watcher of a config with `placement.dra.enabled`; None without. The node is the one named by
     `NODE_NAME` (the Downward API's `spec.nodeName`); the credentials are in-cluster, else `$KUBECONFIG`."""
     dra = config.placement.dra
