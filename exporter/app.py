@@ -32,6 +32,7 @@ from exporter.discovery.watcher import DiscoveredServer, watcher_of
 from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
 from exporter.exposition.collector import (
     DiscoveryHealth,
+    DraHealth,
     Health,
     PlacementHealth,
     SourceHealth,
@@ -41,6 +42,7 @@ from exporter.exposition.collector import (
 from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_addresses
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
+from exporter.placement.dra import ResourceSliceWatcher, slice_watcher_of
 from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 from exporter.values import Gpu, GpuSample, PodLabels, PodRef, TokenSample
@@ -124,6 +126,9 @@ class Daemon:
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
         self.discovery = watcher_of(config, self._discovered)
         self.roster = Roster(config.discovery.kubernetes.grace_period, self._forget)
+        self.dra: ResourceSliceWatcher | None = slice_watcher_of(
+            config, lambda: self._place(set(), force=True)
+        )
         self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
         self.stopping = asyncio.Event()
@@ -202,6 +207,16 @@ class Daemon:
                 if (d := self.discovery)
                 else None
             ),
+            dra=(
+                DraHealth(
+                    bool(r.up) and self.supervisor.healthy(r.component),
+                    tuple(sorted(r.errors.items())),
+                    len(r.view),
+                    len(r.unresolved),
+                )
+                if (r := self.dra)
+                else None
+            ),
         )
         return self.accountant.snapshot(self._clock()), health
 
@@ -240,6 +255,8 @@ class Daemon:
                 self.supervisor.start(self.kubelet)
             if self.discovery is not None:
                 self.supervisor.start(self.discovery)
+            if self.dra is not None:
+                self.supervisor.start(self.dra)
             for server in self.config.servers:
                 self._start_target(server)
             try:
@@ -251,6 +268,8 @@ class Daemon:
                 self.roster.close()
                 if self.discovery is not None:
                     await self.discovery.close()
+                if self.dra is not None:
+                    await self.dra.close()
                 await runner.cleanup()
                 await self._close_source()
         if self.supervisor.give_up_reason is not None:
@@ -347,6 +366,8 @@ class Daemon:
         static = {s.name: s.gpus for s in servers if s.pod is None}
         pods = {s.name: _pod_of(s) for s in servers if s.pod is not None or s.pod_uid}
         devices = self.kubelet.devices if self.kubelet else {}
+        if self.kubelet is not None and self.dra is not None:  # DRA claims as the GPUs their slices name
+            devices, migs = self.dra.resolve(devices, self.kubelet.claims, pods, migs)
         placement, unmatched = place(static, pods, devices, seen, migs)
         before = self.accountant.placement
         if placement == before:

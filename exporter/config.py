@@ -364,10 +364,39 @@ class KubeletConfig(_Strict):
     amd.com/gpu (e.g. a renamed nvidia.com/a100)."""
 
 
+_DRA_DRIVER = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+")
+
+
+def _dra_driver(value: object) -> str:
+    if not isinstance(value, str) or not _DRA_DRIVER.fullmatch(value):
+        raise ValueError(
+            "expected a DRA driver name, a lower-case DNS subdomain such as gpu.nvidia.com, "
+            f"got {show(value)}"
+        )
+    return value
+
+
+class DraConfig(_Strict):
+    enabled: bool = False
+    """Place GPUs that pod-resources reports as DRA claims, through the driver's ResourceSlices."""
+    driver: Annotated[str, BeforeValidator(_dra_driver)] = "gpu.nvidia.com"
+    """The DRA driver whose claims are GPUs (NVIDIA's DRA driver for GPUs by default)."""
+
+
 class PlacementConfig(_Strict):
     source: Literal["static", "kubelet"] = "static"
     """`static`: each server's gpus: (all GPUs without it); `kubelet`: the GPUs of each server's pod."""
     kubelet: KubeletConfig = KubeletConfig()
+    dra: DraConfig = DraConfig()
+
+    @model_validator(mode="after")
+    def _dra_needs_kubelet(self) -> PlacementConfig:
+        if self.dra.enabled and self.source != "kubelet":
+            raise ValueError(
+                f"dra.enabled: true needs source: kubelet (it is {self.source!r}): "
+                "DRA claims are read from the kubelet's pod-resources API"
+            )
+        return self
 
 
 _K8S_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
@@ -559,6 +588,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_discovery(self) -> Config:
+        if self.placement.dra.enabled and not self.discovery.node:
+            raise ValueError(
+                "placement.dra.enabled: true needs this node's name to select its ResourceSlices: set "
+                "discovery.kubernetes.node_name, or NODE_NAME from the Downward API (fieldRef spec.nodeName)"
+            )
         if self.discovery.source != "kubernetes":
             return self
         if self.placement.source != "kubelet":

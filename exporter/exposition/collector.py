@@ -83,6 +83,19 @@ class DiscoveryHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class DraHealth:
+    """The DRA ResourceSlice view's state (absent without `placement.dra.enabled`)."""
+
+    up: bool
+    errors: tuple[tuple[str, int], ...]
+    """Failed calls to the Kubernetes API so far, by reason (and expired watches)."""
+    devices: int
+    """Devices of the driver the view holds."""
+    unresolved: int
+    """Claim devices of the servers' pods that no ResourceSlice names."""
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     version: str
     source: SourceHealth
@@ -98,6 +111,7 @@ class Health:
     """Unix time of the latest successful config load (start-up or reload)."""
     auth_refused: int = 0
     """Requests refused because their client failed to log in too often."""
+    dra: DraHealth | None = None
 
 
 @lru_cache(maxsize=64)  # the configured windows: a handful
@@ -334,14 +348,23 @@ AUTH_RATE_LIMITED = _counter(
 )
 PLACEMENT_UP = _gauge(
     "tokenwatt_placement_up",
-    "1 if the latest call to the kubelet succeeded; while 0 the last good placement stays in force.",
+    "1 if the latest call to the placement source (the kubelet; the Kubernetes API for DRA) "
+    "succeeded; while 0 the last good placement stays in force.",
     "source",
 )
 PLACEMENT_ERRORS = _counter(
     "tokenwatt_placement_errors",
-    "Failed calls to the kubelet's pod-resources API, by reason.",
+    "Failed calls to the kubelet's pod-resources API, or to the Kubernetes API for DRA, by reason.",
     "source", "reason",
 )  # fmt: skip
+DRA_DEVICES = _gauge(
+    "tokenwatt_placement_dra_devices",
+    "Devices of the DRA driver that its ResourceSlices on this node publish (last good view).",
+)
+DRA_UNRESOLVED = _gauge(
+    "tokenwatt_placement_dra_unresolved_devices",
+    "Devices of the servers' DRA claims that no ResourceSlice names (placed on no GPU).",
+)
 DISCOVERY_UP = _gauge(
     "tokenwatt_discovery_up",
     "1 if the latest list or watch of the node's pods succeeded; while 0 the last view stays in force.",
@@ -401,7 +424,7 @@ def _families(snap: Snapshot, health: Health) -> Iterator[FamilySamples]:
     yield from _server_families(snap, jpt)
     yield from _accounting_families(snap, jpt)
     yield from _health_families(health)
-    yield from _placement_families(health.placement)
+    yield from _placement_families(health.placement, health.dra)
     yield from _discovery_families(health.discovery)
     yield from _rejection_families(snap)
 
@@ -587,11 +610,22 @@ def _health_families(health: Health) -> Iterator[FamilySamples]:
     yield AUTH_RATE_LIMITED, [((), health.auth_refused)]
 
 
-def _placement_families(placement: PlacementHealth | None) -> Iterator[FamilySamples]:
+def _placement_families(placement: PlacementHealth | None, dra: DraHealth | None) -> Iterator[FamilySamples]:
     if placement is None:
         return
-    yield PLACEMENT_UP, [(("kubelet",), 1.0 if placement.up else 0.0)]
-    yield PLACEMENT_ERRORS, ((("kubelet", reason), count) for reason, count in placement.errors)
+    dra_up = [(("dra",), 1.0 if dra.up else 0.0)] if dra is not None else []
+    yield PLACEMENT_UP, [(("kubelet",), 1.0 if placement.up else 0.0), *dra_up]
+    dra_errors = dra.errors if dra is not None else ()
+    yield (
+        PLACEMENT_ERRORS,
+        [
+            *((("kubelet", reason), count) for reason, count in placement.errors),
+            *((("dra", reason), count) for reason, count in dra_errors),
+        ],
+    )
+    if dra is not None:
+        yield DRA_DEVICES, [((), dra.devices)]
+        yield DRA_UNRESOLVED, [((), dra.unresolved)]
 
 
 def _discovery_families(discovery: DiscoveryHealth | None) -> Iterator[FamilySamples]:

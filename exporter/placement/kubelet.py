@@ -25,6 +25,7 @@ import structlog
 
 from exporter.config import Config
 from exporter.placement import Placement, Unmatched, place_static
+from exporter.placement.dra import ClaimDevice
 from exporter.placement.podresources.api_pb2 import (
     GetPodResourcesRequest,
     GetPodResourcesResponse,
@@ -58,17 +59,22 @@ class KubeletError(Exception):
 class PodResourcesClient:
     """Asks the kubelet which devices it allocated to pods."""
 
-    def __init__(self, socket: Path, timeout_s: float, resources: Iterable[str] = ()) -> None:
+    def __init__(
+        self, socket: Path, timeout_s: float, resources: Iterable[str] = (), dra_driver: str | None = None
+    ) -> None:
         self.socket = socket
         self.timeout_s = timeout_s
         self.resources = frozenset((*GPU_RESOURCES, *resources))
+        self.dra_driver = dra_driver
+        """The DRA driver whose claim devices are GPUs; None to read no DRA claims."""
         self.get_refused: str | None = None
         """Why `Get` is not used (`get_disabled`, `get_unimplemented`); None while it is."""
         self.inode: int | None = None
         """Inode of the socket at the latest call: a kubelet restart makes a new one."""
 
-    async def devices(self, pods: Sequence[PodRef]) -> dict[PodRef, frozenset[str]]:
-        """The GPU device IDs allocated to each pod's containers; a pod the kubelet does not run has none."""
+    async def devices(self, pods: Sequence[PodRef]) -> dict[PodRef, frozenset[str | ClaimDevice]]:
+        """The GPU device IDs allocated to each pod's containers by device plugins, and its DRA claim
+        devices of `dra_driver`; a pod the kubelet does not run has none."""
         self._check_socket()
         options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
         async with grpc.aio.insecure_channel(f"unix://{self.socket}", options=options) as channel:
@@ -91,7 +97,7 @@ class PodResourcesClient:
         }
         return {pod: listed.get((pod.namespace, pod.name), frozenset()) for pod in pods}
 
-    async def _get(self, stub: PodResourcesListerStub, pod: PodRef) -> frozenset[str] | None:
+    async def _get(self, stub: PodResourcesListerStub, pod: PodRef) -> frozenset[str | ClaimDevice] | None:
         """The pod's devices by `Get`; None where the kubelet refuses Get (then List is used from now on)."""
         request = GetPodResourcesRequest(pod_name=pod.name, pod_namespace=pod.namespace)
         try:
@@ -109,15 +115,23 @@ class PodResourcesClient:
             return None
         return self._gpu_ids(answer.pod_resources)
 
-    def _gpu_ids(self, pod: PodResources) -> frozenset[str]:
-        return frozenset(
+    def _gpu_ids(self, pod: PodResources) -> frozenset[str | ClaimDevice]:
+        ids = {
             device_id
             for container in pod.containers
             for devices in container.devices
             if devices.resource_name in self.resources
             or devices.resource_name.startswith(MIG_RESOURCE_PREFIX)
             for device_id in devices.device_ids
-        )
+        }
+        claimed = {
+            ClaimDevice(r.driver_name, r.pool_name, r.device_name)
+            for container in pod.containers
+            for claim in container.dynamic_resources
+            for r in claim.claim_resources
+            if r.driver_name == self.dra_driver and r.device_name
+        }
+        return frozenset((*ids, *claimed))
 
     def _check_socket(self) -> None:
         try:
@@ -167,6 +181,8 @@ class KubeletRefresher:
         self.interval_s = interval_s
         self.devices: dict[str, frozenset[str]] = {}
         """Server name -> device IDs of its pod, as of the latest good answer (empty before one)."""
+        self.claims: dict[str, frozenset[ClaimDevice]] = {}
+        """Server name -> DRA claim devices of its pod, as of the latest good answer."""
         self.up: bool | None = None
         self.reason: str | None = None
         """Why the latest poll failed; None when it succeeded."""
@@ -221,9 +237,18 @@ class KubeletRefresher:
             pod = pods[server]
             log.warning("no GPU allocated to the pod on this node", server=server, pod=_name(pod))
         self._missing = missing
-        devices = {server: found[pod] for pod, servers in by_pod.items() for server in servers}
-        changed = devices != self.devices
-        self.devices = devices
+        devices = {
+            server: frozenset(d for d in found[pod] if isinstance(d, str))
+            for pod, servers in by_pod.items()
+            for server in servers
+        }
+        claims = {
+            server: frozenset(d for d in found[pod] if isinstance(d, ClaimDevice))
+            for pod, servers in by_pod.items()
+            for server in servers
+        }
+        changed = (devices, claims) != (self.devices, self.claims)
+        self.devices, self.claims = devices, claims
         return changed
 
     def wake(self) -> None:
@@ -283,5 +308,6 @@ def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefres
     pods = {s.name: PodRef.named(s.pod) for s in config.servers if s.pod is not None}
     if config.placement.source != "kubelet" or not (pods or config.discovery.source == "kubernetes"):
         return None
-    k = config.placement.kubelet
-    return KubeletRefresher(pods, PodResourcesClient(k.socket, k.timeout, k.resources), k.interval, on_change)
+    k, dra = config.placement.kubelet, config.placement.dra
+    client = PodResourcesClient(k.socket, k.timeout, k.resources, dra.driver if dra.enabled else None)
+    return KubeletRefresher(pods, client, k.interval, on_change)

@@ -9,7 +9,8 @@ changes", "Resource versions"; meta/v1 Status and WatchEvent):
   one, and it is the object's `metadata.resourceVersion`; a list answers `KIND` + `List` with the
   current one in `metadata.resourceVersion`, and its items without `kind` and `apiVersion`.
 - `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`) and `fieldSelector`
-  (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase` with `=`, `==`, `!=`) on list
+  (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`, and ResourceSlices'
+  `spec.driver`, with `=`, `==`, `!=`) on list
   and watch; another field answers 400 BadRequest.
 - `?watch=true`: newline-delimited JSON events `{"type": ..., "object": ...}`. Without a resource
   version (or "0") it starts with an ADDED event per matching object; with one, it sends the changes
@@ -76,6 +77,7 @@ FIELDS: Mapping[str, Callable[[Obj], str]] = {
     "metadata.name": lambda o: str(o["metadata"].get("name", "")),
     "metadata.namespace": lambda o: str(o["metadata"].get("namespace", "")),
     "spec.nodeName": lambda o: str(o.get("spec", {}).get("nodeName", "")),
+    "spec.driver": lambda o: str(o.get("spec", {}).get("driver", "")),  # ResourceSlices
     "status.phase": lambda o: str(o.get("status", {}).get("phase", "")),
 }
 

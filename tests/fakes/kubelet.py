@@ -8,12 +8,16 @@ What it imitates, from the kubelet's own server (pkg/kubelet/apis/podresources):
 - A token-bucket rate limit on every call (100 calls/s, burst 10 by default), refusing with
   RESOURCE_EXHAUSTED "rejected by rate limit".
 - A restart: the socket is removed, and the new kubelet listens on a new socket file (a new inode).
+- GPUs allocated through DRA: the container's `dynamic_resources`, one per ResourceClaim, each device
+  named by driver, pool and device, with the CDI devices NVIDIA's DRA driver generates for it
+  (`k8s.gpu.nvidia.com/claim=<claim UID>-<device>`), and no `devices` entry for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +37,45 @@ class FakePod:
     name: str
     gpus: dict[str, list[str]] = field(default_factory=dict)
     """Resource name -> device IDs, all in the pod's first container."""
+    claims: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    """DRA: ResourceClaim name -> its devices as (driver, pool, device), all in the first container."""
 
     def message(self) -> api_pb2.PodResources:
         gpu_devices = [
             api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in self.gpus.items()
         ]
         others = [api_pb2.ContainerDevices(resource_name=r, device_ids=ids) for r, ids in OTHER_DEVICES]
+        claims = [
+            api_pb2.DynamicResource(
+                claim_name=claim,
+                claim_namespace=self.namespace,
+                claim_resources=[
+                    api_pb2.ClaimResource(
+                        cdi_devices=[api_pb2.CDIDevice(name=f"k8s.{driver}/claim={_uid(claim)}-{device}")],
+                        driver_name=driver,
+                        pool_name=pool,
+                        device_name=device,
+                    )
+                    for driver, pool, device in devices
+                ],
+            )
+            for claim, devices in self.claims.items()
+        ]
         return api_pb2.PodResources(
             name=self.name,
             namespace=self.namespace,
             containers=[
-                api_pb2.ContainerResources(name="server", devices=gpu_devices, cpu_ids=[2, 3]),
+                api_pb2.ContainerResources(
+                    name="server", devices=gpu_devices, cpu_ids=[2, 3], dynamic_resources=claims
+                ),
                 api_pb2.ContainerResources(name="sidecar", devices=others),
             ],
         )
+
+
+def _uid(name: str) -> str:
+    """A stable UUID-shaped claim UID for a claim name."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"resourceclaim/{name}"))
 
 
 class _Lister(api_pb2_grpc.PodResourcesListerServicer):
