@@ -129,19 +129,33 @@ class GpuLedger:
         for c in self._claims:
             starting.setdefault(max(c.t_start, start), []).append(c.server)
             ending.setdefault(c.t_end, []).append(c.server)
+        # The active servers' shares are summed as servers come and go, and summed anew only where
+        # the shares change (a new step), so the sweep costs O(points + steps x servers), not
+        # O(points x servers).
         active: set[str] = set()
+        claimed_sum = 0.0
+        current: Mapping[str, float] | None = None
         steps = self._steps
         i = 0
         energy_prev = self.track.energy_spanning(start)
         for lo, hi in pairwise(points):
-            active.difference_update(ending.get(lo, ()))
-            active.update(starting.get(lo, ()))
             while i < len(steps) and steps[i].t_end <= lo:
                 i += 1
             shares = steps[i].shares if i < len(steps) and steps[i].t_start <= lo else _NO_SHARES
+            for server in ending.get(lo, ()):
+                if server in active:
+                    active.remove(server)
+                    claimed_sum -= shares.get(server, 0.0) if shares is current else 0.0
+            for server in starting.get(lo, ()):
+                if server not in active:
+                    active.add(server)
+                    claimed_sum += shares.get(server, 0.0) if shares is current else 0.0
+            if shares is not current:
+                current = shares
+                claimed_sum = math.fsum(shares.get(server, 0.0) for server in active)
             energy_hi = self.track.energy_spanning(hi)
             used = energy_hi - energy_prev
-            claimed = min(1.0, sum(shares.get(server, 0.0) for server in active))
+            claimed = min(1.0, max(0.0, claimed_sum))
             self.attributed_j += used * claimed
             self.unattributed_j += used - used * claimed
             energy_prev = energy_hi
