@@ -278,30 +278,18 @@ def scraper_figures(
     )
 
 
-async def wait_until_ready(
-    session: aiohttp.ClientSession,
-    processes: list[Process],
-    tokenwatt_url: str,
-    prometheus_url: str | None,
-    targets: int,
-) -> None:
-    """Every process answers, and tokenwatt has scraped every target successfully."""
+async def wait_until_scraping(session: aiohttp.ClientSession, fleet: Fleet, processes: list[Process]) -> None:
+    """Every process has scraped every target at least once (counted at the fleet: a /metrics GET
+    of an overloaded tokenwatt could itself take longer than the wait)."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    waiting = f"tokenwatt to report {targets} targets up"
     while time.monotonic() < deadline:
         for p in processes:
             p.check_alive()
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            async with asyncio.timeout(10):
-                ready = prometheus_url is None
-                if not ready:
-                    async with session.get(f"{prometheus_url}/-/ready") as resp:
-                        ready = resp.status == 200
-                async with session.get(f"{tokenwatt_url}/metrics") as resp:
-                    if ready and resp.status == 200 and targets_up(await resp.text()) == targets:
-                        return
+        clients = (await fleet.stats(session))["clients"]
+        if all(p.name in clients and min(clients[p.name]["scrapes"]) > 0 for p in processes):
+            return
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"timed out after {START_TIMEOUT_S:.0f} s waiting for {waiting}")
+    raise RuntimeError(f"timed out after {START_TIMEOUT_S:.0f} s waiting for every target to be scraped")
 
 
 _UP = re.compile(r"^tokenwatt_target_up\{[^}]*\} (\S+)$", re.MULTILINE)
@@ -382,7 +370,6 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
                 cwd=ROOT,
             )
         )
-        prometheus_url = None
         if opt.prometheus is not None:
             prom_port = free_port()
             (step_dir / "prometheus.yml").write_text(
@@ -400,13 +387,12 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
                     step_dir / "prometheus.log",
                 )
             )
-            prometheus_url = f"http://127.0.0.1:{prom_port}"
         tw_url = f"http://127.0.0.1:{tw_port}"
         pids = {p.name: p.pid for p in processes} | {"fleet": fleet.popen.pid}
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_until_ready(session, processes, tw_url, prometheus_url, targets)
-            print(f"  N={targets}: every target up; warming up {opt.warmup_s:.0f} s", file=sys.stderr)
+            await wait_until_scraping(session, fleet, processes)
+            print(f"  N={targets}: every target scraped; warming up {opt.warmup_s:.0f} s", file=sys.stderr)
             await asyncio.sleep(opt.warmup_s)
             before = await snapshot(session, fleet, pids)
             rss_max = {n: rss_mib(pid) for n, pid in pids.items()}
@@ -535,6 +521,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_results(
+    out: Path, info: dict[str, Any], opt: Options, steps: list[Step], failed: list[dict[str, Any]]
+) -> None:
+    """Written after every N, so that an interrupted run keeps what it measured."""
+    results = {"machine": info, "options": asdict(opt), "steps": [asdict(s) for s in steps], "failed": failed}
+    out.write_text(json.dumps(results, indent=1))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -612,21 +606,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             [prometheus, "--version"], capture_output=True, text=True, check=False
         ).stdout.splitlines()[0]
     steps: list[Step] = []
+    failed: list[dict[str, Any]] = []
     with _workdir(args.keep) as workdir:
         for n in args.target_counts:
             print(f"scale.py: N={n} (work directory {workdir})", file=sys.stderr)
-            step = asyncio.run(run_step(n, opt, workdir))
+            try:
+                step = asyncio.run(run_step(n, opt, workdir))
+            except (RuntimeError, TimeoutError, aiohttp.ClientError) as e:  # the other N still run
+                print(f"scale.py: N={n} failed: {e}", file=sys.stderr)
+                failed.append({"targets": n, "error": str(e)})
+                continue
             steps.append(step)
-            args.out.write_text(
-                json.dumps(
-                    {"machine": info, "options": asdict(opt), "steps": [asdict(s) for s in steps]}, indent=1
-                )
-            )
             for line in step.profile:
                 print(line)
+            write_results(args.out, info, opt, steps, failed)
+    write_results(args.out, info, opt, steps, failed)
     print(tables(steps, args.readers))
+    for f in failed:
+        print(f"N={f['targets']} failed: {f['error']}")
     print(f"\nresults: {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 @contextlib.contextmanager
