@@ -70,6 +70,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """Time every thread of a process spent runnable but waiting for a CPU (/proc/PID/task/*/schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -109,14 +118,18 @@ class Scraper:
     scrapes_per_s_per_target: float = 0.0
     on_time_share: float = 0.0
     cpu_ms_per_scrape: float = 0.0
+    waited_s: float = 0.0
+    """Runnable but waiting for a CPU (the machine's other load), summed over the threads."""
     cpu_share: float = 0.0
     """Of one core."""
+    waited_share: float = 0.0
 
     def __post_init__(self) -> None:
         self.scrapes_per_s_per_target = self.scrapes / self.span_s / self.targets
         self.on_time_share = self.on_time / self.gaps if self.gaps else 0.0
         self.cpu_ms_per_scrape = 1000 * self.cpu_s / self.scrapes if self.scrapes else float("nan")
         self.cpu_share = self.cpu_s / self.span_s
+        self.waited_share = self.waited_s / self.span_s
 
 
 @dataclass
@@ -151,6 +164,9 @@ class Step:
     interval)."""
     log_problems: int
     """Lines of tokenwatt's log at level warning or above."""
+    unscraped_at_start: dict[str, int]
+    """Targets a process had not scraped once when the warm-up began (it began at the latest
+    `START_TIMEOUT_S` after the start)."""
     cpu_ratio: float | None
     rss_ratio: float | None
     timeline: list[dict[str, float]]
@@ -248,12 +264,18 @@ class Snapshot:
     stats: dict[str, Any]
     cpu: dict[str, float]
     """Per process name."""
+    waited: dict[str, float]
+    """Run-queue wait per process name."""
 
 
 async def snapshot(session: aiohttp.ClientSession, fleet: Fleet, pids: dict[str, int]) -> Snapshot:
     stats = await fleet.stats(session)
     return Snapshot(
-        time.monotonic(), stats["now"], stats["clients"], {n: cpu_seconds(p) for n, p in pids.items()}
+        time.monotonic(),
+        stats["now"],
+        stats["clients"],
+        {n: cpu_seconds(p) for n, p in pids.items()},
+        {n: run_queue_wait_seconds(p) for n, p in pids.items()},
     )
 
 
@@ -271,6 +293,7 @@ def scraper_figures(
         gaps=sum(a["gaps"]) - sum(b["gaps"]),
         on_time=sum(a["on_time"]) - sum(b["on_time"]),
         cpu_s=after.cpu[client] - before.cpu[client],
+        waited_s=after.waited[client] - before.waited[client],
         rss_mib=rss_mib(pid),
         rss_max_mib=max(rss_max, rss_mib(pid)),
         missed_targets=len({m[0] for m in misses}),
@@ -278,18 +301,26 @@ def scraper_figures(
     )
 
 
-async def wait_until_scraping(session: aiohttp.ClientSession, fleet: Fleet, processes: list[Process]) -> None:
-    """Every process has scraped every target at least once (counted at the fleet: a /metrics GET
-    of an overloaded tokenwatt could itself take longer than the wait)."""
+async def wait_until_scraping(
+    session: aiohttp.ClientSession, fleet: Fleet, processes: list[Process]
+) -> dict[str, int]:
+    """Wait until every process has scraped every target once (counted at the fleet: a /metrics GET
+    of an overloaded tokenwatt could itself take longer than the wait), or `START_TIMEOUT_S`.
+    Returns the targets each process had not scraped yet: an overloaded one is measured all the same."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         for p in processes:
             p.check_alive()
         clients = (await fleet.stats(session))["clients"]
-        if all(p.name in clients and min(clients[p.name]["scrapes"]) > 0 for p in processes):
-            return
+        unscraped = {
+            p.name: sum(1 for n in clients[p.name]["scrapes"] if n == 0)
+            if p.name in clients
+            else len(fleet.ports)
+            for p in processes
+        }
+        if not any(unscraped.values()) or time.monotonic() >= deadline:
+            return unscraped
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"timed out after {START_TIMEOUT_S:.0f} s waiting for every target to be scraped")
 
 
 _UP = re.compile(r"^tokenwatt_target_up\{[^}]*\} (\S+)$", re.MULTILINE)
@@ -391,8 +422,8 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
         pids = {p.name: p.pid for p in processes} | {"fleet": fleet.popen.pid}
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            await wait_until_scraping(session, fleet, processes)
-            print(f"  N={targets}: every target scraped; warming up {opt.warmup_s:.0f} s", file=sys.stderr)
+            unscraped = await wait_until_scraping(session, fleet, processes)
+            print(f"  N={targets}: targets not scraped yet: {unscraped}; warming up", file=sys.stderr)
             await asyncio.sleep(opt.warmup_s)
             before = await snapshot(session, fleet, pids)
             rss_max = {n: rss_mib(pid) for n, pid in pids.items()}
@@ -411,6 +442,9 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
                         (now.cpu[name] - last.cpu[name]) / (now.wall - last.wall), 4
                     )
                     sample[f"{name}_rss_mib"] = round(rss, 1)
+                    sample[f"{name}_waited_share"] = round(
+                        (now.waited[name] - last.waited[name]) / (now.wall - last.wall), 4
+                    )
                 timeline.append(sample)
                 last = now
             after = last
@@ -453,6 +487,7 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
         concurrent=Latency.of(concurrent),
         on_time_while_read=while_read.on_time_share if while_read.gaps else None,
         log_problems=problems_in_log(processes[0].log),
+        unscraped_at_start=unscraped,
         cpu_ratio=tw.cpu_ms_per_scrape / prom.cpu_ms_per_scrape if prom else None,
         rss_ratio=tw.rss_mib / prom.rss_mib if prom else None,
         timeline=timeline,
@@ -470,9 +505,9 @@ def _ratio(value: float | None) -> str:
 
 def tables(steps: list[Step], readers: int) -> str:
     rows = [
-        "| N | who | scrapes/s/target | on time | CPU ms/scrape | CPU % of a core | RSS MiB (max) "
-        "| missed targets |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| N | who | scrapes/s/target | on time | CPU ms/scrape | CPU % of a core | waiting for a CPU "
+        "| RSS MiB (max) | missed targets |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in steps:
         for name, f in (("tokenwatt", s.tokenwatt), ("prometheus", s.prometheus)):
@@ -480,7 +515,7 @@ def tables(steps: list[Step], readers: int) -> str:
                 continue
             rows.append(
                 f"| {s.targets} | {name} | {f.scrapes_per_s_per_target:.3f} | {100 * f.on_time_share:.2f} % "
-                f"| {f.cpu_ms_per_scrape:.3f} | {100 * f.cpu_share:.1f} "
+                f"| {f.cpu_ms_per_scrape:.3f} | {100 * f.cpu_share:.1f} | {100 * f.waited_share:.1f} % "
                 f"| {f.rss_mib:.0f} ({f.rss_max_mib:.0f}) | {f.missed_targets} |"
             )
     rows += [
