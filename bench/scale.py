@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import io
 import json
@@ -59,6 +60,7 @@ READ_TIMEOUT_S = 120.0
 """Deadline of one GET of tokenwatt's /metrics."""
 MISSES_KEPT = 50
 """Off-time scrapes listed per client and step in the JSON (all are counted)."""
+SHARED_MISS_S = 0.25
 TOP_FUNCTIONS = 15
 STEADY_S = 900.0
 """The longest window (15m): from then on every retained structure is at its full size."""
@@ -113,6 +115,9 @@ class Scraper:
     rss_max_mib: float
     missed_targets: int
     """Targets with at least one off-time scrape in the span."""
+    shared_misses: int
+    """Off-time scrapes within `SHARED_MISS_S` of an off-time scrape by the other process: the
+    machine (or the fleet) stalled both, rather than this process alone."""
     misses: list[tuple[int, float, float]]
     """Off-time scrapes (target, seconds into the span, gap), the first `MISSES_KEPT`."""
     scrapes_per_s_per_target: float = 0.0
@@ -279,12 +284,24 @@ async def snapshot(session: aiohttp.ClientSession, fleet: Fleet, pids: dict[str,
     )
 
 
+def _near(ordered: list[float], t: float) -> bool:
+    i = bisect.bisect_left(ordered, t - SHARED_MISS_S)
+    return i < len(ordered) and ordered[i] <= t + SHARED_MISS_S
+
+
 def scraper_figures(
     client: str, before: Snapshot, after: Snapshot, pid: int, rss_max: float, targets: int
 ) -> Scraper:
     empty = {"scrapes": [0] * targets, "gaps": [0] * targets, "on_time": [0] * targets, "misses": []}
     b, a = before.stats.get(client, empty), after.stats.get(client, empty)
     misses = [(t, at - before.fleet_now, gap) for t, at, gap in a["misses"] if at > before.fleet_now]
+    others = sorted(
+        at - before.fleet_now
+        for name, arrivals in after.stats.items()
+        if name != client
+        for _, at, _ in arrivals["misses"]
+        if at > before.fleet_now
+    )
     span = after.wall - before.wall
     return Scraper(
         targets=targets,
@@ -297,6 +314,7 @@ def scraper_figures(
         rss_mib=rss_mib(pid),
         rss_max_mib=max(rss_max, rss_mib(pid)),
         missed_targets=len({m[0] for m in misses}),
+        shared_misses=sum(1 for _, at, _ in misses if _near(others, at)),
         misses=[(t, round(s, 3), round(g, 3)) for t, s, g in misses[:MISSES_KEPT]],
     )
 
@@ -506,8 +524,8 @@ def _ratio(value: float | None) -> str:
 def tables(steps: list[Step], readers: int) -> str:
     rows = [
         "| N | who | scrapes/s/target | on time | CPU ms/scrape | CPU % of a core | waiting for a CPU "
-        "| RSS MiB (max) | missed targets |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| RSS MiB (max) | missed targets | misses shared |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in steps:
         for name, f in (("tokenwatt", s.tokenwatt), ("prometheus", s.prometheus)):
@@ -516,7 +534,8 @@ def tables(steps: list[Step], readers: int) -> str:
             rows.append(
                 f"| {s.targets} | {name} | {f.scrapes_per_s_per_target:.3f} | {100 * f.on_time_share:.2f} % "
                 f"| {f.cpu_ms_per_scrape:.3f} | {100 * f.cpu_share:.1f} | {100 * f.waited_share:.1f} % "
-                f"| {f.rss_mib:.0f} ({f.rss_max_mib:.0f}) | {f.missed_targets} |"
+                f"| {f.rss_mib:.0f} ({f.rss_max_mib:.0f}) | {f.missed_targets} "
+                f"| {f.shared_misses}/{f.gaps - f.on_time} |"
             )
     rows += [
         "",

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bench.fleet import Arrivals
-from bench.scale import ROOT, Fleet
+from bench.scale import ROOT, Fleet, Snapshot, scraper_figures
 from exporter.tokens.scraper import read_page
 from tests.conftest import require_tool
 
@@ -89,3 +91,30 @@ def test_bad_target_lists_are_usage_errors(bad: str) -> None:
     )
     assert done.returncode == 2
     assert "--targets" in done.stderr
+
+
+def test_misses_count_only_the_span_and_shared_ones_coincide_with_the_other_process() -> None:
+    def stats(misses: dict[str, list[list[float]]], scrapes: int) -> dict[str, Any]:
+        return {
+            name: {
+                "scrapes": [scrapes, scrapes],
+                "gaps": [scrapes, scrapes],
+                "on_time": [scrapes, 0],
+                "misses": m,
+            }
+            for name, m in misses.items()
+        }
+
+    before = Snapshot(
+        0.0, 100.0, stats({"tokenwatt": [], "prometheus": []}, 0), {"tokenwatt": 0.0}, {"tokenwatt": 0.0}
+    )
+    misses = {
+        "tokenwatt": [[0, 99.0, 2.0], [1, 101.0, 1.5], [1, 105.0, 1.3]],  # the first is before the span
+        "prometheus": [[0, 101.2, 0.8]],
+    }
+    after = Snapshot(10.0, 110.0, stats(misses, 10), {"tokenwatt": 0.5}, {"tokenwatt": 0.1})
+    figures = scraper_figures("tokenwatt", before, after, os.getpid(), 0.0, targets=2)
+    assert figures.missed_targets == 1 and figures.shared_misses == 1
+    assert figures.misses == [(1, 1.0, 1.5), (1, 5.0, 1.3)]
+    assert figures.scrapes == 20 and figures.on_time_share == 0.5
+    assert figures.cpu_ms_per_scrape == 25.0 and figures.waited_share == 0.01
