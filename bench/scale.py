@@ -62,6 +62,7 @@ MISSES_KEPT = 50
 """Off-time scrapes listed per client and step in the JSON (all are counted)."""
 SHARED_MISS_S = 0.25
 TOP_FUNCTIONS = 15
+PROFILE = "tokenwatt.prof"
 STEADY_S = 900.0
 """The longest window (15m): from then on every retained structure is at its full size."""
 
@@ -400,6 +401,67 @@ class Options:
     profile: bool
 
 
+async def measure_span(
+    session: aiohttp.ClientSession, fleet: Fleet, pids: dict[str, int], processes: list[Process], opt: Options
+) -> tuple[Snapshot, Snapshot, list[dict[str, float]], dict[str, float]]:
+    """The measured span: its first and last snapshots, a sample every `sample_every_s` (CPU and
+    run-queue shares, RSS per process), and the highest RSS of each process."""
+    before = last = await snapshot(session, fleet, pids)
+    rss_max = {n: rss_mib(pid) for n, pid in pids.items()}
+    timeline: list[dict[str, float]] = []
+    while (left := opt.duration_s - (time.monotonic() - before.wall)) > 0:
+        await asyncio.sleep(min(opt.sample_every_s, left))
+        for p in processes:
+            p.check_alive()
+        now = await snapshot(session, fleet, pids)
+        elapsed = now.wall - last.wall
+        sample = {"t": round(now.wall - before.wall, 1)}
+        for name, pid in pids.items():
+            rss = rss_mib(pid)
+            rss_max[name] = max(rss_max[name], rss)
+            sample[f"{name}_cpu_share"] = round((now.cpu[name] - last.cpu[name]) / elapsed, 4)
+            sample[f"{name}_waited_share"] = round((now.waited[name] - last.waited[name]) / elapsed, 4)
+            sample[f"{name}_rss_mib"] = round(rss, 1)
+        timeline.append(sample)
+        last = now
+    return before, last, timeline, rss_max
+
+
+async def read_phases(
+    session: aiohttp.ClientSession, url: str, opt: Options
+) -> tuple[str, list[float], list[float]]:
+    """tokenwatt's /metrics read one GET after another, then by concurrent readers: the last page
+    and the latencies of each phase."""
+    sequential: list[float] = []
+    page = await read_metrics(session, url, opt.reads, time.monotonic() + opt.read_budget_s, sequential)
+    concurrent: list[float] = []
+    until = time.monotonic() + opt.read_budget_s
+    await asyncio.gather(
+        *(read_metrics(session, url, opt.reads_per_reader, until, concurrent) for _ in range(opt.readers))
+    )
+    return page, sequential, concurrent
+
+
+def start_tokenwatt(urls: list[str], port: int, opt: Options, step_dir: Path) -> Process:
+    config = step_dir / "tokenwatt.yml"
+    config.write_text(yaml.safe_dump(tokenwatt_config(urls, port, opt.gpus, opt.interval_s)))
+    wrap = ["-m", "cProfile", "-o", str(step_dir / PROFILE)] if opt.profile else []
+    argv = [sys.executable, *wrap, "-m", "exporter.cli", "run", "--config", str(config)]
+    return Process("tokenwatt", argv, step_dir / "tokenwatt.log", cwd=ROOT)
+
+
+def start_prometheus(binary: str, urls: list[str], interval_s: float, step_dir: Path) -> Process:
+    config = step_dir / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(urls, interval_s)))
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={step_dir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{free_port()}",
+    ]
+    return Process("prometheus", argv, step_dir / "prometheus.log")
+
+
 async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
     step_dir = workdir / f"n{targets}"
     step_dir.mkdir()
@@ -407,35 +469,9 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
     processes: list[Process] = []
     try:
         tw_port = free_port()
-        config = step_dir / "tokenwatt.yml"
-        config.write_text(yaml.safe_dump(tokenwatt_config(fleet.urls(), tw_port, opt.gpus, opt.interval_s)))
-        profile = step_dir / "tokenwatt.prof"
-        wrap = ["-m", "cProfile", "-o", str(profile)] if opt.profile else []
-        processes.append(
-            Process(
-                "tokenwatt",
-                [sys.executable, *wrap, "-m", "exporter.cli", "run", "--config", str(config)],
-                step_dir / "tokenwatt.log",
-                cwd=ROOT,
-            )
-        )
+        processes.append(start_tokenwatt(fleet.urls(), tw_port, opt, step_dir))
         if opt.prometheus is not None:
-            prom_port = free_port()
-            (step_dir / "prometheus.yml").write_text(
-                yaml.safe_dump(prometheus_config(fleet.urls(), opt.interval_s))
-            )
-            processes.append(
-                Process(
-                    "prometheus",
-                    [
-                        opt.prometheus,
-                        f"--config.file={step_dir / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={step_dir / 'data'}",
-                        f"--web.listen-address=127.0.0.1:{prom_port}",
-                    ],
-                    step_dir / "prometheus.log",
-                )
-            )
+            processes.append(start_prometheus(opt.prometheus, fleet.urls(), opt.interval_s, step_dir))
         tw_url = f"http://127.0.0.1:{tw_port}"
         pids = {p.name: p.pid for p in processes} | {"fleet": fleet.popen.pid}
         connector = aiohttp.TCPConnector(limit=0)
@@ -443,29 +479,7 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
             unscraped = await wait_until_scraping(session, fleet, processes)
             print(f"  N={targets}: targets not scraped yet: {unscraped}; warming up", file=sys.stderr)
             await asyncio.sleep(opt.warmup_s)
-            before = await snapshot(session, fleet, pids)
-            rss_max = {n: rss_mib(pid) for n, pid in pids.items()}
-            timeline: list[dict[str, float]] = []
-            last = before
-            while (left := opt.duration_s - (time.monotonic() - before.wall)) > 0:
-                await asyncio.sleep(min(opt.sample_every_s, left))
-                for p in processes:
-                    p.check_alive()
-                now = await snapshot(session, fleet, pids)
-                sample = {"t": round(now.wall - before.wall, 1)}
-                for name, pid in pids.items():
-                    rss = rss_mib(pid)
-                    rss_max[name] = max(rss_max[name], rss)
-                    sample[f"{name}_cpu_share"] = round(
-                        (now.cpu[name] - last.cpu[name]) / (now.wall - last.wall), 4
-                    )
-                    sample[f"{name}_rss_mib"] = round(rss, 1)
-                    sample[f"{name}_waited_share"] = round(
-                        (now.waited[name] - last.waited[name]) / (now.wall - last.wall), 4
-                    )
-                timeline.append(sample)
-                last = now
-            after = last
+            before, after, timeline, rss_max = await measure_span(session, fleet, pids, processes, opt)
             figures = {
                 p.name: scraper_figures(p.name, before, after, p.pid, rss_max[p.name], targets)
                 for p in processes
@@ -474,17 +488,7 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
                 f"  N={targets}: measured {after.wall - before.wall:.0f} s; reading /metrics", file=sys.stderr
             )
             read_before = await snapshot(session, fleet, pids)
-            until = time.monotonic() + opt.read_budget_s
-            sequential: list[float] = []
-            page = await read_metrics(session, f"{tw_url}/metrics", opt.reads, until, sequential)
-            concurrent: list[float] = []
-            until = time.monotonic() + opt.read_budget_s
-            await asyncio.gather(
-                *(
-                    read_metrics(session, f"{tw_url}/metrics", opt.reads_per_reader, until, concurrent)
-                    for _ in range(opt.readers)
-                )
-            )
+            page, sequential, concurrent = await read_phases(session, f"{tw_url}/metrics", opt)
             read_after = await snapshot(session, fleet, pids)
         while_read = scraper_figures("tokenwatt", read_before, read_after, pids["tokenwatt"], 0, targets)
     finally:
@@ -509,7 +513,7 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
         cpu_ratio=tw.cpu_ms_per_scrape / prom.cpu_ms_per_scrape if prom else None,
         rss_ratio=tw.rss_mib / prom.rss_mib if prom else None,
         timeline=timeline,
-        profile=top_functions(profile) if opt.profile else [],
+        profile=top_functions(step_dir / PROFILE) if opt.profile else [],
     )
 
 
