@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +105,17 @@ class Daemon:
         self.targets: dict[str, TargetPoller] = {}
         self.auth = Authenticator(web.users if web else {})
         self._gpus: tuple[Gpu, ...] = ()
-        self._resets: dict[tuple[str, str | None], int] = {}
+        # The source's optional abilities, checked once: a Protocol isinstance costs more than a read.
+        self._activity = source if isinstance(source, ActivityReporting) else None
+        self._refresh = source if isinstance(source, RefreshObserving) else None
+        self._resets: dict[str, dict[str | None, int]] = {}
+        """Server -> model -> token counter resets logged so far."""
         self._session: aiohttp.ClientSession | None = None
         self._reload_lock = asyncio.Lock()
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
         self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
-        self.collector = TokenwattCollector(self.snapshot)
+        self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
 
     def snapshot(self) -> tuple[Snapshot, Health]:
@@ -257,8 +261,8 @@ class Daemon:
         self.supervisor.start(poller)
 
     def _take_energy(self, samples: list[GpuSample]) -> None:
-        if isinstance(self.source, ActivityReporting):
-            self.accountant.add_activity(self.source.activity)
+        if self._activity is not None:
+            self.accountant.add_activity(self._activity.activity)
         reset = self.accountant.add_energy(samples)
         passed = {s.gpu for s in samples if s.gpu.uuid in self.accountant.tracks}  # past the gate
         self._place(passed | {g for g, _ in self._unchanged()})
@@ -267,14 +271,18 @@ class Daemon:
 
     def _unchanged(self) -> tuple[tuple[Gpu, float], ...]:
         """How long each GPU past the gate has shown the same values (a refresh-observing source)."""
-        if not isinstance(self.source, RefreshObserving):
+        if self._refresh is None:
             return ()
         tracked = self.accountant.tracks
-        return tuple((g, s) for g, s in self.source.unchanged_s(self._clock()) if g.uuid in tracked)
+        return tuple((g, s) for g, s in self._refresh.unchanged_s(self._clock()) if g.uuid in tracked)
 
     def _take_tokens(self, samples: list[TokenSample]) -> None:
+        """Queue one scrape and settle what it can settle: its own server's queue, nothing else."""
         self.accountant.add_tokens(samples)
-        self._settle()
+        if samples:
+            server = samples[0].server
+            self.accountant.settle(self._clock(), server)
+            self._log_resets((server,))
 
     def _place(self, gpus: set[Gpu], force: bool = False) -> None:
         """Place every server on the GPUs seen so far; a change takes effect now."""
@@ -302,16 +310,25 @@ class Daemon:
                 log.info("placement", server=server, gpus=sorted(g.index for g in seen if g.uuid in uuids))
 
     def _settle(self) -> None:
+        """Settle everything (after each periodic energy read): every queue, GPU horizon and expiry."""
         self.accountant.settle(self._clock())
-        resets_now: dict[tuple[str, str | None], int] = {}  # rebuilt: expired models leave it
-        for ledger in self.accountant.ledgers.values():
+        self._resets = {k: v for k, v in self._resets.items() if k in self.accountant.ledgers}
+        self._log_resets(self.accountant.ledgers)
+
+    def _log_resets(self, servers: Iterable[str]) -> None:
+        """Log each token counter reset of these servers once (a restarted server may hold new devices)."""
+        for name in servers:
+            ledger = self.accountant.ledgers.get(name)
+            if ledger is None:
+                continue
+            known, now = self._resets.get(name, {}), {}  # rebuilt: expired models leave it
             for model, m in ledger.models.items():
                 resets = m.input.resets + m.output.resets + m.requests.resets
-                if resets > self._resets.get((ledger.name, model), 0):
-                    log.warning("token counter reset", server=ledger.name, model=model)
+                if resets > known.get(model, 0):
+                    log.warning("token counter reset", server=name, model=model)
                     self._placement_may_have_changed()
-                resets_now[(ledger.name, model)] = resets
-        self._resets = resets_now
+                now[model] = resets
+            self._resets[name] = now
 
     def _placement_may_have_changed(self) -> None:
         """A server (re)started: its pod may hold other devices now."""

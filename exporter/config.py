@@ -28,7 +28,7 @@ from exporter.accounting.cardinality import DEFAULT_MAX_MODELS, DEFAULT_MODEL_EX
 from exporter.logs import clean
 from exporter.safe_yaml import YamlInputError, load_yaml_file
 from exporter.tokens.profiles import GENERIC_KIND, PROFILES, Series, ServerProfile, generic_profile
-from exporter.values import PodRef
+from exporter.values import Derived, PodRef
 
 DEFAULT_PORT = 9839
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
@@ -433,6 +433,11 @@ def _load_bands(value: object) -> list[int]:
     return value
 
 
+class ExpositionConfig(_Strict):
+    derived: Derived = Derived.ALL
+    """Which windowed ratios `/metrics` carries besides the counters; recording rules compute the rest."""
+
+
 class Config(_Strict):
     listen: Listen = DEFAULT_LISTEN
     web_config_file: Path | None = None
@@ -450,6 +455,7 @@ class Config(_Strict):
     pricing: PricingConfig | None = None
     carbon: CarbonConfig | None = None
     placement: PlacementConfig = PlacementConfig()
+    exposition: ExpositionConfig = ExpositionConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ is stalled: `/readyz` fails and its `up` gauge reads 0, even though no error was
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,7 +38,10 @@ STALE_INTERVALS = 5
 GRACE_S = 1.0
 """Slack on a heartbeat before a poller counts as stalled."""
 BESIDE_SCRAPE_WAIT_S = 0.05
-"""The longest a scrape waits for the energy read just before it; a slower read finishes on its own."""
+"""The longest a scrape waits for an energy read beside it; a slower read finishes on its own."""
+COALESCE_S = 0.01
+"""Reads beside scrapes are at least this far apart; scrapes within it share one. It bounds each
+GPU's readings to about 1 / COALESCE_S per second whatever the number of servers."""
 CRASHES_TO_GIVE_UP = 3
 """A poller gives up only after at least this many crashes in a row (and `crash_exit_s`)."""
 
@@ -205,6 +209,10 @@ class EnergyPoller:
         self.last_failure: str | None = None
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Future[float]] = set()
+        self._last_start = -math.inf
+        """When the latest read started (monotonic)."""
+        self._upcoming: asyncio.Future[float] | None = None
+        """The read scheduled after scrapes, until it starts."""
 
     @property
     def deadline_s(self) -> float:
@@ -220,7 +228,7 @@ class EnergyPoller:
     async def read(self) -> float:
         """Read the source once, within the deadline; the outcome is recorded, the duration returned."""
         async with self._lock:
-            started = time.monotonic()
+            started = self._last_start = time.monotonic()
             try:
                 async with asyncio.timeout(self.cfg.timeout):
                     samples = await self.source.read()
@@ -241,22 +249,47 @@ class EnergyPoller:
                 self._on_samples(samples)
             return time.monotonic() - started
 
-    async def read_beside_scrape(self) -> float:
-        """A read bracketing a scrape's instant, only when it cannot make the scrape wait.
+    async def read_before_scrape(self) -> float:
+        """A reading just before a scrape starts, unless one is as good already.
 
         Interpolating across a one-second gap between readings misses power steps inside it;
         readings milliseconds apart around the scrape make the energy at its instant exact to
         within the scrape's own duration. Only for sources whose every read asks the hardware now,
-        not while the source is failing (its poller backs off then), and not while another read
-        is in progress (the scrape does not queue behind it). A read that takes longer than
-        `BESIDE_SCRAPE_WAIT_S` goes on in the background, within its own deadline, and the scrape
-        goes ahead. Returns the time the caller waited.
+        not while the source is failing (its poller backs off then). A read that started within
+        `COALESCE_S`, or is in progress, serves every scrape starting now: with many servers the
+        reads stay `COALESCE_S` apart instead of two per scrape. Returns the time the caller waited.
         """
         if not self.source.reads_fresh or self.failures or self._lock.locked():
             return 0.0
+        if time.monotonic() - self._last_start < COALESCE_S:
+            return 0.0
+        return await self._wait(asyncio.ensure_future(self.read()), 0.0)
+
+    async def read_after_scrape(self) -> float:
+        """A reading after a scrape that just ended, shared with the scrapes that end before it starts.
+
+        Joins the read scheduled after earlier scrapes while it has not started; otherwise
+        schedules one, no sooner than `COALESCE_S` after the previous read started. The caller
+        waits at most that delay plus `BESIDE_SCRAPE_WAIT_S`; a slower read goes on in the
+        background, within its own deadline, and the scrape goes ahead (it is settled once a
+        reading after it exists). Returns the time the caller waited.
+        """
+        if not self.source.reads_fresh or self.failures:
+            return 0.0
+        now = time.monotonic()
+        if self._upcoming is None:
+            self._upcoming = asyncio.ensure_future(self._read_at(max(now, self._last_start + COALESCE_S)))
+        return await self._wait(self._upcoming, max(0.0, self._last_start + COALESCE_S - now))
+
+    async def _read_at(self, start: float) -> float:
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        self._upcoming = None  # starting now: a scrape that ends from here on needs a later read
+        self._last_start = time.monotonic()
+        return await self.read()
+
+    async def _wait(self, read: asyncio.Future[float], delay_s: float) -> float:
         started = time.monotonic()
-        read = asyncio.ensure_future(self.read())
-        done, _ = await asyncio.wait({read}, timeout=BESIDE_SCRAPE_WAIT_S)
+        done, _ = await asyncio.wait({read}, timeout=delay_s + BESIDE_SCRAPE_WAIT_S)
         if not done:
             self._background.add(read)
             read.add_done_callback(self._background.discard)
@@ -326,7 +359,7 @@ class TargetPoller:
         return backoff_s(self.server.interval, self.failures)
 
     async def poll_once(self) -> None:
-        bracket_s = await self._energy.read_beside_scrape()
+        bracket_s = await self._energy.read_before_scrape()
         started = time.monotonic()
         try:
             samples = await self._scraper.scrape()
@@ -341,7 +374,7 @@ class TargetPoller:
             self._on_up()
         self.up = True
         self.last_success_t = self._clock()
-        bracket_s += await self._energy.read_beside_scrape()
+        bracket_s += await self._energy.read_after_scrape()
         self.energy_read_duration_s = bracket_s
         self._on_tokens(samples)
 

@@ -6,10 +6,11 @@ allowed) and optionally `cached_input_tokens`, `running` and `requests`. Timesta
 seconds. The rows of one server that share a timestamp form one scrape.
 
 Readings and scrapes are fed to the same `Accountant` the daemon uses, in time order, settling
-after each as the daemon would, so a replay reproduces the live numbers. The gap limit is five
-energy intervals, as in the daemon; the interval is taken as the 90th percentile of the spacing
-of the readings, because the daemon's extra readings around each scrape are milliseconds apart
-and would make a median far shorter than the periodic interval.
+after each as the daemon would, so a replay reproduces the live numbers; the results are the
+accountant's figures, and its ratio rule (`figures.per_token`) divides them. The gap limit is the
+daemon's default for the energy interval (`EnergyConfig.gap_limit_s`); the interval is taken as
+the 90th percentile of the spacing of the readings, because the daemon's extra readings around
+scrapes are milliseconds apart and would make a median far shorter than the periodic interval.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from exporter.accounting.book import Accountant, ModelFigures, ServerFigures
+from exporter.accounting.book import Accountant
+from exporter.accounting.figures import ModelFigures, ServerFigures, per_token
+from exporter.config import EnergyConfig
 from exporter.placement import Holding, Placement
 from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 
 ENERGY_COLUMNS = ("timestamp", "gpu", "energy_joules")
 TOKEN_COLUMNS = ("timestamp", "server", "model", "input_tokens", "output_tokens")
 OPTIONAL_TOKEN_COLUMNS = ("cached_input_tokens", "running", "requests")
-GAP_INTERVALS = 5
 
 
 class ReplayError(Exception):
@@ -187,7 +189,8 @@ def _gap_limit(energy: Sequence[GpuSample]) -> float:
     for s in energy:
         by_gpu[s.gpu.uuid].append(s.t)
     spacings = [_p90([b - a for a, b in pairwise(ts)]) for ts in by_gpu.values() if len(ts) > 1]
-    return GAP_INTERVALS * max(spacings) if spacings else math.inf
+    # model_construct: the interval is a measured number of seconds, not a duration string to parse
+    return EnergyConfig.model_construct(interval=max(spacings)).gap_limit_s if spacings else math.inf
 
 
 def _p90(values: list[float]) -> float:
@@ -213,10 +216,10 @@ def _result(server: ServerFigures, m: ModelFigures) -> ReplayResult:
         output_tokens=m.output_tokens,
         cached_input_tokens=m.cached_input_tokens,
         requests=m.requests,
-        joules_per_output_token=_ratio(m.energy_j, m.measured_output_tokens),
-        joules_per_input_token=_ratio(m.energy_j, m.measured_input_tokens),
-        joules_per_token=_ratio(m.energy_j, measured),
-        active_joules_per_output_token=_ratio(m.energy_j - m.idle_energy_j, m.measured_output_tokens),
+        joules_per_output_token=per_token(m.energy_j, m.measured_output_tokens),
+        joules_per_input_token=per_token(m.energy_j, m.measured_input_tokens),
+        joules_per_token=per_token(m.energy_j, measured),
+        active_joules_per_output_token=per_token(m.energy_j - m.idle_energy_j, m.measured_output_tokens),
         idle_energy_joules=m.idle_energy_j,
         server_idle_seconds=server.idle_s,
         server_unmeasured_seconds=server.unmeasured_s,
@@ -230,10 +233,6 @@ def _result(server: ServerFigures, m: ModelFigures) -> ReplayResult:
             split.samples,
         ),
     )
-
-
-def _ratio(joules: float, tokens: float) -> float | None:
-    return joules / tokens if tokens > 0 else None
 
 
 def _rows(

@@ -140,3 +140,14 @@ class GpuActivity:
     t: float
     pods: Mapping[str, float] = field(default_factory=dict)
     instances: Mapping[int, float] = field(default_factory=dict)
+
+
+class Derived(StrEnum):
+    """Which derived figures `/metrics` carries besides the counters (`exposition.derived`)."""
+
+    ALL = "all"
+    """Every windowed ratio."""
+    ESSENTIAL = "essential"
+    """The windowed J/token and server power only; recording rules compute the rest."""
+    NONE = "none"
+    """No windowed ratio: recording rules compute them all from the counters."""

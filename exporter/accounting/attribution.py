@@ -22,6 +22,7 @@ and no joule is counted twice or taken back.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,8 @@ class GpuLedger:
         self.attributed_j = 0.0
         self.unattributed_j = 0.0
         self._claims: list[Claim] = []
+        self._claimed_to: dict[str, float] = {}
+        """Server -> end of its latest claim ahead of the horizon."""
         self._steps: deque[ShareStep] = deque()
 
     @property
@@ -71,25 +74,33 @@ class GpuLedger:
         return self._horizon_t if self._horizon_t is not None else self.track.first_t
 
     def add_step(self, t_start: float, t_end: float, shares: Mapping[str, float]) -> None:
-        """The shares in force from the reading at `t_start` to the next one, at `t_end`."""
+        """The shares in force from the reading at `t_start` to the next one, at `t_end`.
+
+        `shares` is kept, not copied: the caller must not change it afterwards.
+        """
+        last = self._steps[-1] if self._steps else None
+        if last is not None and last.t_end == t_start and (last.shares is shares or last.shares == shares):
+            self._steps[-1] = ShareStep(last.t_start, t_end, last.shares)
+            return
         if any(v < 0 for v in shares.values()) or sum(shares.values()) > 1 + _SHARE_TOLERANCE:
             raise ValueError(f"shares of one GPU must be non-negative and add up to at most 1: {shares}")
-        last = self._steps[-1] if self._steps else None
-        if last is not None and last.t_end == t_start and last.shares == shares:
-            self._steps[-1] = ShareStep(last.t_start, t_end, last.shares)
-        else:
-            self._steps.append(ShareStep(t_start, t_end, dict(shares)))
+        self._steps.append(ShareStep(t_start, t_end, shares))
 
     def can_claim(self, server: str, t_start: float, t_end: float) -> bool:
-        """True when `server` may claim its shares of the energy in [t_start, t_end]."""
+        """True when `server` may claim its shares of the energy in [t_start, t_end].
+
+        A server's claims follow one another in time, so one that starts before the end of the
+        server's latest claim overlaps it (or goes back in time): refused.
+        """
         if self.horizon_t is None or t_start < self.horizon_t or t_end <= t_start:
             return False
         if not self._steps or t_end > self._steps[-1].t_end:
             return False
-        return not any(c.server == server and c.t_start < t_end and t_start < c.t_end for c in self._claims)
+        return t_start >= self._claimed_to.get(server, -math.inf)
 
     def claim(self, claim: Claim) -> None:
         self._claims.append(claim)
+        self._claimed_to[claim.server] = max(claim.t_end, self._claimed_to.get(claim.server, -math.inf))
 
     def claim_j(self, claim: Claim, since_t: float | None = None) -> float:
         """Energy the claim attributes to its server (from `since_t` on, where given)."""
@@ -137,6 +148,7 @@ class GpuLedger:
         self.settled_j = energy_prev
         self._horizon_t = end
         self._claims = [c for c in self._claims if c.t_end > end]
+        self._claimed_to = {server: t for server, t in self._claimed_to.items() if t > end}
         while self._steps and self._steps[0].t_end <= end:
             self._steps.popleft()
 

@@ -8,7 +8,8 @@ comparable: the same band before and after a change. Idle intervals belong to no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 
 DEFAULT_BAND_BOUNDS: tuple[int, ...] = (4, 16, 64, 256)
 
@@ -18,24 +19,18 @@ class LoadBands:
     """Bands of concurrent running requests, given by their inclusive upper bounds."""
 
     bounds: tuple[int, ...] = DEFAULT_BAND_BOUNDS
+    labels: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    """Label values: `1-4`, `5-16`, …, and an open last band such as `257+` (built once)."""
 
     def __post_init__(self) -> None:
         if any(b < 1 for b in self.bounds) or list(self.bounds) != sorted(set(self.bounds)):
             raise ValueError(f"load band bounds must be ascending positive integers, got {list(self.bounds)}")
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Label values: `1-4`, `5-16`, …, and an open last band such as `257+`."""
         lows = (1, *(b + 1 for b in self.bounds))
         closed = tuple(
             f"{lo}-{hi}" if lo != hi else f"{lo}" for lo, hi in zip(lows, self.bounds, strict=False)
         )
-        return (*closed, f"{lows[-1]}+")
+        object.__setattr__(self, "labels", (*closed, f"{lows[-1]}+"))
 
     def band_of(self, running: float) -> str:
         """The band of an interval with `running` requests in flight (at least one: it did work)."""
-        count = max(1, math.ceil(running))
-        for label, bound in zip(self.labels, self.bounds, strict=False):
-            if count <= bound:
-                return label
-        return self.labels[-1]
+        return self.labels[bisect_left(self.bounds, max(1, math.ceil(running)))]

@@ -13,12 +13,16 @@ active-only figures can leave it out.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from exporter.accounting.bands import LoadBands
 from exporter.accounting.counters import ResetCounter
 from exporter.accounting.gate import token_limit
+from exporter.accounting.split import BLOCK_S, SplitBlocks
+from exporter.accounting.totals import SlidingTotals, Totals
 from exporter.values import ModelTokens
 
 
@@ -67,11 +71,6 @@ class ModelLedger:
         self.cached_input = ResetCounter()
         self.has_requests = False
         self.has_cached_input = False
-        self.energy_j = 0.0
-        self.idle_energy_j = 0.0
-        self.measured_input_tokens = 0.0
-        """Input tokens of measured intervals: the denominator that goes with `energy_j`."""
-        self.measured_output_tokens = 0.0
         self.running: float | None = None
 
 
@@ -84,15 +83,29 @@ class _Increments:
 
 
 class ServerLedger:
-    """Everything tokenwatt knows about one server's energy and work."""
+    """Everything tokenwatt knows about one server's energy and work.
 
-    def __init__(self, name: str, retain_s: float) -> None:
+    Each closed interval is added to the server's cumulative `total`, to each of its `windows` and
+    to its `split` blocks as it is recorded, so reading any of them does not walk the intervals.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        retain_s: float,
+        windows_s: Sequence[float] = (),
+        bands: LoadBands | None = None,
+        split_block_s: float = BLOCK_S,
+        split_window_s: float = math.inf,
+    ) -> None:
         self.name = name
         self.models: dict[str | None, ModelLedger] = {}
-        self.energy_j = 0.0
-        self.idle_energy_j = 0.0
-        self.idle_s = 0.0
-        self.measured_s = 0.0
+        band_of = (bands or LoadBands()).band_of
+        self.total = Totals()
+        """Sums over every measured interval (a model's part leaves with the model)."""
+        self.windows = tuple(SlidingTotals(w, band_of) for w in windows_s)
+        self.split = SplitBlocks(split_block_s, split_window_s)
+        self._band_of = band_of
         self.unmeasured_s = 0.0
         self.first_t: float | None = None
         self.last_t: float | None = None
@@ -100,6 +113,16 @@ class ServerLedger:
         self.jumps = 0
         """Scrapes in which a model's counter rose faster than `gate.MAX_TOKENS_PER_S` allows."""
         self._retain_s = retain_s
+
+    @property
+    def energy_j(self) -> float:
+        """Energy of the measured intervals, idle included."""
+        return self.total.energy_j
+
+    def forget(self, model: str | None) -> None:
+        """Drop a model that expired from the accounting (what its intervals added stays in the windows)."""
+        self.models.pop(model, None)
+        self.total.forget(model)
 
     def record(self, t: float, models: Sequence[ModelTokens], energy_j: float | None) -> Interval | None:
         """Apply one scrape taken at `t`, with the server's energy since its previous scrape.
@@ -145,19 +168,11 @@ class ServerLedger:
 
         if energy_j is None:
             self.unmeasured_s += t - prev_t
-        else:
-            self.energy_j += energy_j
-            self.measured_s += t - prev_t
-            if idle:
-                self.idle_energy_j += energy_j
-                self.idle_s += t - prev_t
-            for part in parts:
-                ledger = self.models[part.model]
-                ledger.energy_j += part.energy_j or 0.0
-                ledger.measured_input_tokens += part.input_tokens
-                ledger.measured_output_tokens += part.output_tokens
-                if idle:
-                    ledger.idle_energy_j += part.energy_j or 0.0
+        self.total.add(interval, self._band_of)
+        for window in self.windows:
+            window.add(interval)
+            window.advance(t)
+        self.split.add(interval)
         self.intervals.append(interval)
         while self.intervals and self.intervals[0].t_end < t - self._retain_s:
             self.intervals.popleft()

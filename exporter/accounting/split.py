@@ -22,11 +22,16 @@ wrong one.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
+from typing import TYPE_CHECKING
 
-from exporter.accounting.ledger import Interval
+from exporter.accounting.totals import SCALE, fixed
+
+if TYPE_CHECKING:  # the ledger keeps its blocks here: a runtime import would be circular
+    from exporter.accounting.ledger import Interval
 
 BLOCK_S = 5.0
 """Consecutive measured intervals are summed into blocks at least this long."""
@@ -64,7 +69,109 @@ def fit_energy_split(
     intervals: Iterable[Interval], since_t: float, block_s: float = BLOCK_S
 ) -> EnergySplit | None:
     """Fit the measured intervals that ended after `since_t`; None when the fit is ill-conditioned."""
-    sums = _normal_equations(intervals, since_t, block_s)
+    blocks = SplitBlocks(block_s)
+    for interval in intervals:
+        if interval.t_end > since_t:
+            blocks.add(interval)
+    return blocks.fit(since_t)
+
+
+class SplitBlocks:
+    """A server's blocks of measured intervals and the sums of their normal equations, kept as they go.
+
+    A block enters the sums when it closes and leaves them once it ended before the fit's window, so
+    a fit costs the same whatever the window. The sums are integers in billionths, as in `totals`:
+    a block leaves exactly what it added, so they never drift. The fit is computed again only when
+    the blocks changed.
+    """
+
+    def __init__(self, block_s: float = BLOCK_S, window_s: float = math.inf) -> None:
+        """`window_s`: blocks older than this behind the latest interval are dropped as intervals come,
+        so they do not pile up between fits."""
+        self.block_s = block_s
+        self.window_s = window_s
+        self._blocks: deque[_Block] = deque()
+        self._x = [0.0, 0.0, 0.0]
+        self._y = 0.0
+        self._end: float | None = None
+        self._sums = _RunningSums()
+        self._fit: EnergySplit | None = None
+        self._stale = False
+
+    def add(self, interval: Interval) -> None:
+        """Add a measured interval to the open block (an unmeasured one breaks the run)."""
+        if interval.energy_j is None:
+            return
+        if self._end is not None and interval.t_start != self._end:
+            self._x, self._y = [0.0, 0.0, 0.0], 0.0  # not contiguous: a new block
+        x = self._x
+        x[0] += sum(m.computed_input_tokens for m in interval.models)
+        x[1] += sum(m.output_tokens for m in interval.models)
+        x[2] += interval.duration_s
+        self._y += interval.energy_j
+        self._end = interval.t_end
+        if x[2] >= self.block_s:
+            block = _Block(interval.t_end, (x[0], x[1], x[2]), self._y)
+            self._blocks.append(block)
+            self._sums.add(block, 1)
+            self._x, self._y = [0.0, 0.0, 0.0], 0.0
+            self._stale = True
+            self._drop_before(interval.t_end - self.window_s)
+
+    def fit(self, since_t: float) -> EnergySplit | None:
+        """The fit over the blocks that ended after `since_t`."""
+        self._drop_before(since_t)
+        if self._stale:
+            self._fit = _fit(self._sums.frozen())
+            self._stale = False
+        return self._fit
+
+    def _drop_before(self, since_t: float) -> None:
+        blocks = self._blocks
+        while blocks and blocks[0].t_end <= since_t:
+            self._sums.add(blocks.popleft(), -1)
+            self._stale = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    t_end: float
+    x: tuple[float, float, float]
+    """Δinput computed, Δoutput, Δt."""
+    y: float
+    """ΔE."""
+
+
+class _RunningSums:
+    """X'X, X'y, y'y and Σy of the blocks, in billionths (see `totals`)."""
+
+    __slots__ = ("n", "xtx", "xty", "y_sum", "yty")
+
+    def __init__(self) -> None:
+        self.xtx = [[0] * 3 for _ in range(3)]
+        self.xty = [0] * 3
+        self.yty = self.y_sum = 0
+        self.n = 0
+
+    def add(self, block: _Block, sign: int) -> None:
+        x, y = block.x, block.y
+        for i in range(3):
+            self.xty[i] += sign * fixed(x[i] * y)
+            for j in range(3):
+                self.xtx[i][j] += sign * fixed(x[i] * x[j])
+        self.yty += sign * fixed(y * y)
+        self.y_sum += sign * fixed(y)
+        self.n += sign
+
+    def frozen(self) -> _Sums | None:
+        if self.n == 0:
+            return None
+        xtx = tuple((r[0] / SCALE, r[1] / SCALE, r[2] / SCALE) for r in self.xtx)
+        xty = (self.xty[0] / SCALE, self.xty[1] / SCALE, self.xty[2] / SCALE)
+        return _Sums(xtx, xty, self.yty / SCALE, self.y_sum / SCALE, self.n)
+
+
+def _fit(sums: _Sums | None) -> EnergySplit | None:
     if sums is None or sums.n < MIN_SAMPLES or _condition(sums.xtx) > MAX_CONDITION:
         return None
     best: tuple[float, tuple[float, float, float]] | None = None
@@ -96,46 +203,6 @@ def _determined(sums: _Sums, coef: tuple[float, float, float], residual: float) 
         if column is None or variance * column[pos] > (MAX_RELATIVE_ERROR * coef[i]) ** 2:
             return False
     return True
-
-
-def _normal_equations(intervals: Iterable[Interval], since_t: float, block_s: float) -> _Sums | None:
-    xtx = [[0.0] * 3 for _ in range(3)]
-    xty = [0.0] * 3
-    yty = y_sum = 0.0
-    n = 0
-    for x, y in _blocks(intervals, since_t, block_s):
-        for i in range(3):
-            xty[i] += x[i] * y
-            for j in range(3):
-                xtx[i][j] += x[i] * x[j]
-        yty += y * y
-        y_sum += y
-        n += 1
-    if n == 0:
-        return None
-    return _Sums(tuple((r[0], r[1], r[2]) for r in xtx), (xty[0], xty[1], xty[2]), yty, y_sum, n)
-
-
-def _blocks(
-    intervals: Iterable[Interval], since_t: float, block_s: float
-) -> Iterable[tuple[tuple[float, float, float], float]]:
-    """Runs of consecutive measured intervals, at least `block_s` long: (Δinput, Δoutput, Δt), ΔE."""
-    x = [0.0, 0.0, 0.0]
-    y = 0.0
-    end: float | None = None
-    for interval in intervals:
-        if interval.energy_j is None or interval.t_end <= since_t:
-            continue
-        if end is not None and interval.t_start != end:
-            x, y = [0.0, 0.0, 0.0], 0.0  # not contiguous: start a new block
-        x[0] += sum(m.computed_input_tokens for m in interval.models)
-        x[1] += sum(m.output_tokens for m in interval.models)
-        x[2] += interval.duration_s
-        y += interval.energy_j
-        end = interval.t_end
-        if x[2] >= block_s:
-            yield (x[0], x[1], x[2]), y
-            x, y = [0.0, 0.0, 0.0], 0.0
 
 
 def _condition(xtx: tuple[tuple[float, float, float], ...]) -> float:

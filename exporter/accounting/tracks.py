@@ -13,6 +13,7 @@ Prometheus semantics (the increment across a reset is the value after it).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 
@@ -43,6 +44,10 @@ class EnergyTrack:
         """Energy measured since the first reading (joules, never decreasing)."""
         return self.counter.total
 
+    def __len__(self) -> int:
+        """Readings held."""
+        return len(self._t)
+
     @property
     def latest_t(self) -> float | None:
         return self._t[-1] if self._t else None
@@ -66,6 +71,13 @@ class EnergyTrack:
         self._t.append(sample.t)
         self._e.append(self.counter.total)
         return reset
+
+    def reading_t(self, index: int) -> float:
+        """Instant of the reading at `index` (negative: from the latest); -inf where there is none."""
+        try:
+            return self._t[index]
+        except IndexError:
+            return -math.inf
 
     def forget_before(self, t: float) -> None:
         """Drop readings no longer needed to interpolate at instants from `t` on."""

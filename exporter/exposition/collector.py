@@ -1,4 +1,4 @@
-"""The prometheus_client collector: one consistent snapshot of the accounting, rendered as metrics.
+"""The metric families of `/metrics`: one consistent snapshot of the accounting, as samples.
 
 Everything a scrape of `/metrics` returns comes from a single `Snapshot` and a single `Health`
 taken at the same moment, so a server's energy and token counters are always sampled at the same
@@ -8,14 +8,14 @@ instant and `rate(energy) / rate(tokens)` is exact over any range.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from typing import Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from exporter.accounting.book import ModelFigures, ServerFigures, Snapshot, WindowFigures
+from exporter.values import Derived, Gpu, PodRef, TokenType
 
-from exporter.accounting.book import Snapshot, WindowFigures
-from exporter.exposition.pod_labels import with_pod_labels
-from exporter.values import Gpu, PodRef, TokenType
+_TOKEN_TYPES = tuple(TokenType)
 
 
 def positive_ratios(
@@ -26,7 +26,7 @@ def positive_ratios(
     A window without tokens of a type has no ratio, and gets no sample rather than NaN or +Inf.
     """
     for w in windows:
-        for token_type in TokenType:
+        for token_type in _TOKEN_TYPES:
             value = ratio(w, token_type)
             if value is not None and value > 0:
                 yield token_type, window_label(w.window_s), value
@@ -85,6 +85,7 @@ class Health:
     """Requests refused because their client failed to log in too often."""
 
 
+@lru_cache(maxsize=64)  # the configured windows: a handful
 def window_label(seconds: float) -> str:
     """A window's label value in Prometheus duration notation (60 -> "1m", 90 -> "90s")."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
@@ -93,406 +94,476 @@ def window_label(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-class TokenwattCollector(Collector):
-    """Yields every tokenwatt metric from a snapshot taken when Prometheus scrapes."""
+Sample = tuple[tuple[str, ...], float]
+"""A series' label values (in the order of its family's label names) and its value."""
 
-    def __init__(self, snapshot: Callable[[], tuple[Snapshot, Health]]) -> None:
+_LEVELS = (Derived.NONE, Derived.ESSENTIAL, Derived.ALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A metric family: its name as `# TYPE` prints it, its type, help text and label names."""
+
+    name: str
+    type: Literal["counter", "gauge"]
+    help: str
+    labels: tuple[str, ...] = ()
+    level: Derived = Derived.NONE
+    """The lowest `exposition.derived` level that emits it: NONE for counters and the gauges that are
+    not windowed ratios (every level emits them)."""
+    server_at: int = field(init=False)
+    """Index of the `server` label (-1 without one): its pod's labels join the series."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "server_at", self.labels.index("server") if "server" in self.labels else -1)
+
+    def emitted_at(self, derived: Derived) -> bool:
+        return _LEVELS.index(self.level) <= _LEVELS.index(derived)
+
+
+def _counter(name: str, help: str, *labels: str) -> Family:
+    return Family(f"{name}_total", "counter", help, labels)
+
+
+def _gauge(name: str, help: str, *labels: str, level: Derived = Derived.NONE) -> Family:
+    return Family(name, "gauge", help, labels, level)
+
+
+GPU = ("gpu", "uuid", "gpu_model")
+SERVER_MODEL = ("server", "model")
+RATIO = ("server", "model", "token_type", "window")
+
+GPU_ENERGY = _counter(
+    "tokenwatt_gpu_energy_joules",
+    "Energy used by the GPU since tokenwatt started reading it.",
+    *GPU,
+    "method",
+)
+GPU_POWER = _gauge("tokenwatt_gpu_power_watts", "GPU board power at the latest reading.", *GPU)
+GPU_LAST_READING = _gauge(
+    "tokenwatt_gpu_last_reading_timestamp_seconds",
+    "Unix time of the GPU's latest energy reading (the source's own timestamp).",
+    *GPU,
+)
+GPU_SHARE = _gauge(
+    "tokenwatt_gpu_share",
+    "The server's share of the GPU's energy over the stretch up to its latest reading, by split method.",
+    "server", "gpu", "uuid", "method",
+)  # fmt: skip
+SERVER_ENERGY = _counter(
+    "tokenwatt_server_energy_joules",
+    "GPU energy attributed to the model, idle included, at the instant of its token counters.",
+    *SERVER_MODEL,
+)
+SERVER_TOKENS = _counter(
+    "tokenwatt_server_tokens",
+    "Tokens processed, by token type (input: prompt tokens including cache hits; output: generated).",
+    *SERVER_MODEL, "token_type",
+)  # fmt: skip
+SERVER_REQUESTS = _counter("tokenwatt_server_requests", "Requests the server finished.", *SERVER_MODEL)
+SERVER_RUNNING = _gauge(
+    "tokenwatt_server_running_requests", "Requests in flight at the latest scrape.", *SERVER_MODEL
+)
+SERVER_IDLE_ENERGY = _counter(
+    "tokenwatt_server_idle_energy_joules",
+    "Energy attributed to the server while it processed no token and ran no request.",
+    "server",
+)
+SERVER_IDLE_SECONDS = _counter(
+    "tokenwatt_server_idle_seconds", "Time the server spent idle (measured intervals only).", "server"
+)
+SERVER_UNMEASURED = _counter(
+    "tokenwatt_server_unmeasured_seconds",
+    "Time whose energy could not be measured (a gap in the energy readings); left out of ratios.",
+    "server",
+)
+JOULES_PER_TOKEN = _gauge(
+    "tokenwatt_joules_per_token",
+    "Joules per token over the window: measured energy divided by tokens of that type.",
+    *RATIO, level=Derived.ESSENTIAL,
+)  # fmt: skip
+TOKENS_PER_JOULE = _gauge(
+    "tokenwatt_tokens_per_joule",
+    "Tokens per joule over the window (the inverse of tokenwatt_joules_per_token).",
+    *RATIO, level=Derived.ALL,
+)  # fmt: skip
+GPU_UNATTRIBUTED = _counter(
+    "tokenwatt_gpu_unattributed_energy_joules",
+    "GPU energy attributed to no server, up to the GPU's settled horizon.",
+    *GPU,
+)
+ACTIVE_JOULES_PER_TOKEN = _gauge(
+    "tokenwatt_active_joules_per_token",
+    "Joules per token over the window, idle intervals left out.",
+    *RATIO, level=Derived.ALL,
+)  # fmt: skip
+SERVER_POWER = _gauge(
+    "tokenwatt_server_power_watts",
+    "Average power attributed to the server over the window (measured intervals).",
+    "server", "window", level=Derived.ESSENTIAL,
+)  # fmt: skip
+SERVER_IDLE_POWER = _gauge(
+    "tokenwatt_server_idle_power_watts",
+    "Loaded-idle power: idle energy divided by idle time within the window.",
+    "server", "window", level=Derived.ALL,
+)  # fmt: skip
+PREFILL = _gauge(
+    "tokenwatt_prefill_joules_per_token",
+    "Fitted energy per computed prompt token (prefix-cache hits excluded).",
+    "server",
+)
+DECODE = _gauge("tokenwatt_decode_joules_per_token", "Fitted energy per generated token.", "server")
+STATIC = _gauge("tokenwatt_static_power_watts", "Fitted power drawn whatever the load.", "server")
+SPLIT_R_SQUARED = _gauge(
+    "tokenwatt_energy_split_r_squared",
+    "Coefficient of determination (R squared) of the prefill/decode/static fit.",
+    "server",
+)
+SPLIT_SAMPLES = _gauge(
+    "tokenwatt_energy_split_samples", "Intervals the prefill/decode/static fit used.", "server"
+)
+BAND_ENERGY = _counter(
+    "tokenwatt_server_band_energy_joules",
+    "Energy of the intervals whose running requests fall in the load band.",
+    *SERVER_MODEL, "band",
+)  # fmt: skip
+BAND_TOKENS = _counter(
+    "tokenwatt_server_band_tokens",
+    "Tokens of the intervals whose running requests fall in the load band.",
+    *SERVER_MODEL, "band", "token_type",
+)  # fmt: skip
+BAND_JOULES_PER_TOKEN = _gauge(
+    "tokenwatt_band_joules_per_token",
+    "Joules per token over the window, within one load band.",
+    *SERVER_MODEL, "band", "token_type", "window", level=Derived.ALL,
+)  # fmt: skip
+COST = _counter(
+    "tokenwatt_server_energy_cost",
+    "Cost of the server's energy at the facility: energy * PUE * price per kWh.",
+    *SERVER_MODEL, "currency",
+)  # fmt: skip
+COST_PER_TOKEN = _gauge(
+    "tokenwatt_cost_per_token",
+    "Cost per token over the window (idle included), in the configured currency.",
+    *RATIO, "currency", level=Derived.ALL,
+)  # fmt: skip
+CARBON = _counter(
+    "tokenwatt_server_carbon_grams",
+    "Carbon emitted for the server's energy: energy * PUE * grid gCO2e per kWh.",
+    *SERVER_MODEL,
+)
+CARBON_PER_TOKEN = _gauge(
+    "tokenwatt_carbon_grams_per_token",
+    "Grams of CO2e per token over the window (idle included).",
+    *RATIO, level=Derived.ALL,
+)  # fmt: skip
+TARGET_UP = _gauge(
+    "tokenwatt_target_up", "1 if the latest scrape of the server's metrics succeeded.", "server"
+)
+TARGET_SCRAPE_DURATION = _gauge(
+    "tokenwatt_target_scrape_duration_seconds",
+    "Duration of the latest scrape: the HTTP request and the parsing of the page alone.",
+    "server",
+)
+TARGET_ENERGY_READ_DURATION = _gauge(
+    "tokenwatt_target_energy_read_duration_seconds",
+    "Duration of the energy reads taken around the latest successful scrape.",
+    "server",
+)
+TARGET_LAST_SUCCESS = _gauge(
+    "tokenwatt_target_last_success_timestamp_seconds",
+    "Unix time of the latest successful scrape of the server.",
+    "server",
+)
+TARGET_SCRAPE_ERRORS = _counter(
+    "tokenwatt_target_scrape_errors", "Failed scrapes, by reason.", "server", "reason"
+)
+SERVER_GPU_INFO = _gauge(
+    "tokenwatt_server_gpu_info",
+    "1 for each GPU placed on the server; join on gpu/uuid to attribute GPU series to servers.",
+    "server", *GPU,
+)  # fmt: skip
+SOURCE_UP = _gauge("tokenwatt_energy_source_up", "1 if the latest energy read succeeded.", "source")
+SOURCE_READ_DURATION = _gauge(
+    "tokenwatt_energy_read_duration_seconds", "Duration of the latest energy read.", "source"
+)
+SOURCE_READ_ERRORS = _counter(
+    "tokenwatt_energy_read_errors", "Failed energy reads, by reason.", "source", "reason"
+)
+SOURCE_REFRESH = _gauge(
+    "tokenwatt_energy_source_refresh_seconds",
+    "Observed time between changes of the energy source's values (a scraped dcgm-exporter).",
+    "source",
+)
+SOURCE_GPU_UNCHANGED = _gauge(
+    "tokenwatt_energy_source_gpu_unchanged_seconds",
+    "Time the GPU's value on the source's page has not changed (a scraped dcgm-exporter).",
+    "source", *GPU,
+)  # fmt: skip
+BUILD_INFO = _gauge("tokenwatt_build_info", "tokenwatt's version; always 1.", "version")
+INTERNAL_ERRORS = _counter(
+    "tokenwatt_internal_errors",
+    "Unexpected exceptions in a component, each logged with its traceback; the component restarts.",
+    "component",
+)
+RELOAD_SUCCESSFUL = _gauge(
+    "tokenwatt_config_last_reload_successful", "1 if the latest config reload succeeded."
+)
+RELOAD_SUCCESS_TIME = _gauge(
+    "tokenwatt_config_last_reload_success_timestamp_seconds",
+    "Unix time of the latest successful config load (start-up or reload).",
+)
+AUTH_RATE_LIMITED = _counter(
+    "tokenwatt_http_auth_rate_limited",
+    "Requests refused (HTTP 429) because their client failed basic auth too often.",
+)
+PLACEMENT_UP = _gauge(
+    "tokenwatt_placement_up",
+    "1 if the latest call to the kubelet succeeded; while 0 the last good placement stays in force.",
+    "source",
+)
+PLACEMENT_ERRORS = _counter(
+    "tokenwatt_placement_errors",
+    "Failed calls to the kubelet's pod-resources API, by reason.",
+    "source", "reason",
+)  # fmt: skip
+REJECTED_READINGS = _counter(
+    "tokenwatt_energy_rejected_readings",
+    "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
+    "reason",
+)
+REJECTED_SCRAPES = _counter(
+    "tokenwatt_target_rejected_scrapes",
+    "Scrapes whose values the validation gate rejected (a gap, never a value), by reason.",
+    "server", "reason",
+)  # fmt: skip
+DROPPED_MODELS = _counter(
+    "tokenwatt_server_dropped_models",
+    "Models left out of the accounting by the server's max_models cap (one per model per scrape).",
+    "server",
+)
+
+FamilySamples = tuple[Family, Iterable[Sample]]
+
+
+class TokenwattCollector:
+    """Where `/metrics` takes its snapshot from, and which derived figures it carries."""
+
+    def __init__(
+        self, snapshot: Callable[[], tuple[Snapshot, Health]], derived: Derived = Derived.ALL
+    ) -> None:
         self.snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        snap, health = self.snapshot()
-        yield from self._gpu_metrics(snap)
-        pods = dict(health.pods)
-        yield from with_pod_labels(self._server_metrics(snap), pods)
-        yield from with_pod_labels(self._accounting_metrics(snap), pods)
-        yield from with_pod_labels(self._health_metrics(health), pods)
-        yield from self._placement_metrics(health.placement)
-        yield from with_pod_labels(self._rejection_metrics(snap), pods)
-
-    def _placement_metrics(self, placement: PlacementHealth | None) -> Iterator[Metric]:
-        if placement is None:
-            return
-        up = GaugeMetricFamily(
-            "tokenwatt_placement_up",
-            "1 if the latest call to the kubelet succeeded; while 0 the last good placement stays in force.",
-            labels=["source"],
-        )
-        up.add_metric(["kubelet"], 1.0 if placement.up else 0.0)
-        errors = CounterMetricFamily(
-            "tokenwatt_placement_errors",
-            "Failed calls to the kubelet's pod-resources API, by reason.",
-            labels=["source", "reason"],
-        )
-        for reason, count in placement.errors:
-            errors.add_metric(["kubelet", reason], count)
-        yield from (up, errors)
-
-    def _gpu_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        labels = ["gpu", "uuid", "gpu_model"]
-        energy = CounterMetricFamily(
-            "tokenwatt_gpu_energy_joules",
-            "Energy used by the GPU since tokenwatt started reading it.",
-            labels=[*labels, "method"],
-        )
-        power = GaugeMetricFamily(
-            "tokenwatt_gpu_power_watts", "GPU board power at the latest reading.", labels=labels
-        )
-        last = GaugeMetricFamily(
-            "tokenwatt_gpu_last_reading_timestamp_seconds",
-            "Unix time of the GPU's latest energy reading (the source's own timestamp).",
-            labels=labels,
-        )
-        for g in snap.gpus:
-            values = [str(g.gpu.index), g.gpu.uuid, g.gpu.model]
-            energy.add_metric([*values, g.gpu.energy_method], g.energy_j)
-            last.add_metric(values, g.t)
-            if g.power_w is not None:
-                power.add_metric(values, g.power_w)
-        yield from (energy, power, last, _share_metric(snap))
-
-    def _server_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        energy = CounterMetricFamily(
-            "tokenwatt_server_energy_joules",
-            "GPU energy attributed to the model, idle included, at the instant of its token counters.",
-            labels=["server", "model"],
-        )
-        tokens = CounterMetricFamily(
-            "tokenwatt_server_tokens",
-            "Tokens processed, by token type (input: prompt tokens including cache hits; output: generated).",
-            labels=["server", "model", "token_type"],
-        )
-        requests = CounterMetricFamily(
-            "tokenwatt_server_requests", "Requests the server finished.", labels=["server", "model"]
-        )
-        running = GaugeMetricFamily(
-            "tokenwatt_server_running_requests",
-            "Requests in flight at the latest scrape.",
-            labels=["server", "model"],
-        )
-        idle = CounterMetricFamily(
-            "tokenwatt_server_idle_energy_joules",
-            "Energy attributed to the server while it processed no token and ran no request.",
-            labels=["server"],
-        )
-        idle_s = CounterMetricFamily(
-            "tokenwatt_server_idle_seconds",
-            "Time the server spent idle (measured intervals only).",
-            labels=["server"],
-        )
-        unmeasured = CounterMetricFamily(
-            "tokenwatt_server_unmeasured_seconds",
-            "Time whose energy could not be measured (a gap in the energy readings); left out of ratios.",
-            labels=["server"],
-        )
-        jpt = GaugeMetricFamily(
-            "tokenwatt_joules_per_token",
-            "Joules per token over the window: measured energy divided by tokens of that type.",
-            labels=["server", "model", "token_type", "window"],
-        )
-        tpj = GaugeMetricFamily(
-            "tokenwatt_tokens_per_joule",
-            "Tokens per joule over the window (the inverse of tokenwatt_joules_per_token).",
-            labels=["server", "model", "token_type", "window"],
-        )
-        for s in snap.servers:
-            idle.add_metric([s.server], s.idle_energy_j)
-            idle_s.add_metric([s.server], s.idle_s)
-            unmeasured.add_metric([s.server], s.unmeasured_s)
-            for m in s.models:
-                model = m.model or ""
-                energy.add_metric([s.server, model], m.energy_j)
-                tokens.add_metric([s.server, model, "input"], m.input_tokens)
-                tokens.add_metric([s.server, model, "output"], m.output_tokens)
-                if m.requests is not None:
-                    requests.add_metric([s.server, model], m.requests)
-                if m.running is not None:
-                    running.add_metric([s.server, model], m.running)
-                for token_type, window, value in positive_ratios(m.windows, WindowFigures.joules_per_token):
-                    labels = [s.server, model, token_type, window]
-                    jpt.add_metric(labels, value)
-                    tpj.add_metric(labels, 1.0 / value)
-        yield from (energy, tokens, requests, running, idle, idle_s, unmeasured, jpt, tpj)
-
-    def _accounting_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        """Idle and active figures, GPU attribution, the energy split, load bands, cost and carbon."""
-        yield from self._attribution_metrics(snap)
-        yield from self._split_metrics(snap)
-        yield from self._band_metrics(snap)
-        yield from self._cost_metrics(snap)
-
-    def _attribution_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        unattributed = CounterMetricFamily(
-            "tokenwatt_gpu_unattributed_energy_joules",
-            "GPU energy attributed to no server, up to the GPU's settled horizon.",
-            labels=["gpu", "uuid", "gpu_model"],
-        )
-        for g in snap.gpus:
-            unattributed.add_metric([str(g.gpu.index), g.gpu.uuid, g.gpu.model], g.unattributed_j)
-        active = GaugeMetricFamily(
-            "tokenwatt_active_joules_per_token",
-            "Joules per token over the window, idle intervals left out.",
-            labels=["server", "model", "token_type", "window"],
-        )
-        power = GaugeMetricFamily(
-            "tokenwatt_server_power_watts",
-            "Average power attributed to the server over the window (measured intervals).",
-            labels=["server", "window"],
-        )
-        idle_power = GaugeMetricFamily(
-            "tokenwatt_server_idle_power_watts",
-            "Loaded-idle power: idle energy divided by idle time within the window.",
-            labels=["server", "window"],
-        )
-        for s in snap.servers:
-            for sw in s.windows:
-                window = window_label(sw.window_s)
-                if sw.power_w is not None:
-                    power.add_metric([s.server, window], sw.power_w)
-                if sw.idle_power_w is not None:
-                    idle_power.add_metric([s.server, window], sw.idle_power_w)
-            for m in s.models:
-                ratios = positive_ratios(m.windows, WindowFigures.active_joules_per_token)
-                for token_type, window, value in ratios:
-                    active.add_metric([s.server, m.model or "", token_type, window], value)
-        yield from (unattributed, active, power, idle_power)
-
-    def _split_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        prefill = GaugeMetricFamily(
-            "tokenwatt_prefill_joules_per_token",
-            "Fitted energy per computed prompt token (prefix-cache hits excluded).",
-            labels=["server"],
-        )
-        decode = GaugeMetricFamily(
-            "tokenwatt_decode_joules_per_token", "Fitted energy per generated token.", labels=["server"]
-        )
-        static = GaugeMetricFamily(
-            "tokenwatt_static_power_watts", "Fitted power drawn whatever the load.", labels=["server"]
-        )
-        r_squared = GaugeMetricFamily(
-            "tokenwatt_energy_split_r_squared",
-            "Coefficient of determination (R squared) of the prefill/decode/static fit.",
-            labels=["server"],
-        )
-        samples = GaugeMetricFamily(
-            "tokenwatt_energy_split_samples",
-            "Intervals the prefill/decode/static fit used.",
-            labels=["server"],
-        )
-        for s in snap.servers:
-            if s.split is None:
-                continue
-            prefill.add_metric([s.server], s.split.prefill_j_per_token)
-            decode.add_metric([s.server], s.split.decode_j_per_token)
-            static.add_metric([s.server], s.split.static_w)
-            r_squared.add_metric([s.server], s.split.r_squared)
-            samples.add_metric([s.server], s.split.samples)
-        yield from (prefill, decode, static, r_squared, samples)
-
-    def _band_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        energy = CounterMetricFamily(
-            "tokenwatt_server_band_energy_joules",
-            "Energy of the intervals whose running requests fall in the load band.",
-            labels=["server", "model", "band"],
-        )
-        tokens = CounterMetricFamily(
-            "tokenwatt_server_band_tokens",
-            "Tokens of the intervals whose running requests fall in the load band.",
-            labels=["server", "model", "band", "token_type"],
-        )
-        jpt = GaugeMetricFamily(
-            "tokenwatt_band_joules_per_token",
-            "Joules per token over the window, within one load band.",
-            labels=["server", "model", "band", "token_type", "window"],
-        )
-        for s in snap.servers:
-            for m in s.models:
-                model = m.model or ""
-                for b in m.bands:
-                    energy.add_metric([s.server, model, b.band], b.energy_j)
-                    tokens.add_metric([s.server, model, b.band, "input"], b.input_tokens)
-                    tokens.add_metric([s.server, model, b.band, "output"], b.output_tokens)
-                    for token_type, window, value in positive_ratios(
-                        b.windows, WindowFigures.joules_per_token
-                    ):
-                        jpt.add_metric([s.server, model, b.band, token_type, window], value)
-        yield from (energy, tokens, jpt)
-
-    def _cost_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        tariff = snap.tariff
-        if tariff.price_per_kwh is not None and tariff.currency is not None:
-            cost = CounterMetricFamily(
-                "tokenwatt_server_energy_cost",
-                "Cost of the server's energy at the facility: energy * PUE * price per kWh.",
-                labels=["server", "model", "currency"],
-            )
-            per_token = GaugeMetricFamily(
-                "tokenwatt_cost_per_token",
-                "Cost per token over the window (idle included), in the configured currency.",
-                labels=["server", "model", "token_type", "window", "currency"],
-            )
-            for s in snap.servers:
-                for m in s.models:
-                    model = m.model or ""
-                    cost.add_metric([s.server, model, tariff.currency], tariff.cost(m.energy_j) or 0.0)
-                    for token_type, window, jpt in positive_ratios(m.windows, WindowFigures.joules_per_token):
-                        labels = [s.server, model, token_type, window, tariff.currency]
-                        per_token.add_metric(labels, tariff.cost(jpt) or 0.0)
-            yield from (cost, per_token)
-        if tariff.grams_per_kwh is not None:
-            carbon = CounterMetricFamily(
-                "tokenwatt_server_carbon_grams",
-                "Carbon emitted for the server's energy: energy * PUE * grid gCO2e per kWh.",
-                labels=["server", "model"],
-            )
-            carbon_per_token = GaugeMetricFamily(
-                "tokenwatt_carbon_grams_per_token",
-                "Grams of CO2e per token over the window (idle included).",
-                labels=["server", "model", "token_type", "window"],
-            )
-            for s in snap.servers:
-                for m in s.models:
-                    model = m.model or ""
-                    carbon.add_metric([s.server, model], tariff.carbon_grams(m.energy_j) or 0.0)
-                    for token_type, window, jpt in positive_ratios(m.windows, WindowFigures.joules_per_token):
-                        labels = [s.server, model, token_type, window]
-                        carbon_per_token.add_metric(labels, tariff.carbon_grams(jpt) or 0.0)
-            yield from (carbon, carbon_per_token)
-
-    def _health_metrics(self, health: Health) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "tokenwatt_target_up",
-            "1 if the latest scrape of the server's metrics succeeded.",
-            labels=["server"],
-        )
-        scrape_s = GaugeMetricFamily(
-            "tokenwatt_target_scrape_duration_seconds",
-            "Duration of the latest scrape: the HTTP request and the parsing of the page alone.",
-            labels=["server"],
-        )
-        bracket_s = GaugeMetricFamily(
-            "tokenwatt_target_energy_read_duration_seconds",
-            "Duration of the energy reads taken around the latest successful scrape.",
-            labels=["server"],
-        )
-        last_scrape = GaugeMetricFamily(
-            "tokenwatt_target_last_success_timestamp_seconds",
-            "Unix time of the latest successful scrape of the server.",
-            labels=["server"],
-        )
-        scrape_errors = CounterMetricFamily(
-            "tokenwatt_target_scrape_errors", "Failed scrapes, by reason.", labels=["server", "reason"]
-        )
-        gpu_info = GaugeMetricFamily(
-            "tokenwatt_server_gpu_info",
-            "1 for each GPU placed on the server; join on gpu/uuid to attribute GPU series to servers.",
-            labels=["server", "gpu", "uuid", "gpu_model"],
-        )
-        for t in health.targets:
-            up.add_metric([t.server], 1.0 if t.up else 0.0)
-            for g in t.gpus:
-                gpu_info.add_metric([t.server, str(g.index), g.uuid, g.model], 1.0)
-            if t.scrape_duration_s is not None:
-                scrape_s.add_metric([t.server], t.scrape_duration_s)
-            if t.energy_read_duration_s is not None:
-                bracket_s.add_metric([t.server], t.energy_read_duration_s)
-            if t.last_success_t is not None:
-                last_scrape.add_metric([t.server], t.last_success_t)
-            for reason, count in t.errors:
-                scrape_errors.add_metric([t.server, reason], count)
-        src = health.source
-        source_up = GaugeMetricFamily(
-            "tokenwatt_energy_source_up", "1 if the latest energy read succeeded.", labels=["source"]
-        )
-        source_up.add_metric([src.source], 1.0 if src.up else 0.0)
-        read_s = GaugeMetricFamily(
-            "tokenwatt_energy_read_duration_seconds", "Duration of the latest energy read.", labels=["source"]
-        )
-        if src.read_duration_s is not None:
-            read_s.add_metric([src.source], src.read_duration_s)
-        read_errors = CounterMetricFamily(
-            "tokenwatt_energy_read_errors", "Failed energy reads, by reason.", labels=["source", "reason"]
-        )
-        for reason, count in src.errors:
-            read_errors.add_metric([src.source, reason], count)
-        refresh = GaugeMetricFamily(
-            "tokenwatt_energy_source_refresh_seconds",
-            "Observed time between changes of the energy source's values (a scraped dcgm-exporter).",
-            labels=["source"],
-        )
-        if src.refresh_s is not None:
-            refresh.add_metric([src.source], src.refresh_s)
-        unchanged = GaugeMetricFamily(
-            "tokenwatt_energy_source_gpu_unchanged_seconds",
-            "Time the GPU's value on the source's page has not changed (a scraped dcgm-exporter).",
-            labels=["source", "gpu", "uuid", "gpu_model"],
-        )
-        for gpu, age_s in src.unchanged:
-            unchanged.add_metric([src.source, str(gpu.index), gpu.uuid, gpu.model], age_s)
-        build = GaugeMetricFamily(
-            "tokenwatt_build_info", "tokenwatt's version; always 1.", labels=["version"]
-        )
-        build.add_metric([health.version], 1.0)
-        yield from (up, scrape_s, bracket_s, last_scrape, scrape_errors, gpu_info)
-        yield from (source_up, read_s, read_errors, refresh, unchanged, build)
-        yield from self._daemon_metrics(health)
-
-    def _daemon_metrics(self, health: Health) -> Iterator[Metric]:
-        internal = CounterMetricFamily(
-            "tokenwatt_internal_errors",
-            "Unexpected exceptions in a component, each logged with its traceback; the component restarts.",
-            labels=["component"],
-        )
-        for component, count in health.internal_errors:
-            internal.add_metric([component], count)
-        reload_ok = GaugeMetricFamily(
-            "tokenwatt_config_last_reload_successful", "1 if the latest config reload succeeded."
-        )
-        reload_ok.add_metric([], 1.0 if health.reload_successful else 0.0)
-        reload_t = GaugeMetricFamily(
-            "tokenwatt_config_last_reload_success_timestamp_seconds",
-            "Unix time of the latest successful config load (start-up or reload).",
-        )
-        if health.reload_success_t is not None:
-            reload_t.add_metric([], health.reload_success_t)
-        refused = CounterMetricFamily(
-            "tokenwatt_http_auth_rate_limited",
-            "Requests refused (HTTP 429) because their client failed basic auth too often.",
-        )
-        refused.add_metric([], health.auth_refused)
-        yield from (internal, reload_ok, reload_t, refused)
-
-    def _rejection_metrics(self, snap: Snapshot) -> Iterator[Metric]:
-        energy = CounterMetricFamily(
-            "tokenwatt_energy_rejected_readings",
-            "GPU energy readings the validation gate rejected (a gap, never a value), by reason.",
-            labels=["reason"],
-        )
-        for reason, count in snap.rejections.energy:
-            energy.add_metric([reason], count)
-        scrapes = CounterMetricFamily(
-            "tokenwatt_target_rejected_scrapes",
-            "Scrapes whose values the validation gate rejected (a gap, never a value), by reason.",
-            labels=["server", "reason"],
-        )
-        for server, reason, count in snap.rejections.scrapes:
-            scrapes.add_metric([server, reason], count)
-        dropped = CounterMetricFamily(
-            "tokenwatt_server_dropped_models",
-            "Models left out of the accounting by the server's max_models cap (one per model per scrape).",
-            labels=["server"],
-        )
-        for server, count in snap.dropped_models:
-            dropped.add_metric([server], count)
-        yield from (energy, scrapes, dropped)
+        self.derived = derived
 
 
-def _share_metric(snap: Snapshot) -> Metric:
-    share = GaugeMetricFamily(
-        "tokenwatt_gpu_share",
-        "The server's share of the GPU's energy over the stretch up to its latest reading, by split method.",
-        labels=["server", "gpu", "uuid", "method"],
+def families(snap: Snapshot, health: Health, derived: Derived) -> Iterator[FamilySamples]:
+    """Each family emitted at the `derived` level, with its samples (computed as they are read:
+    the windowed ratios a level leaves out are never computed)."""
+    for family, samples in _families(snap, health):
+        if family.emitted_at(derived):
+            yield family, samples
+
+
+def _families(snap: Snapshot, health: Health) -> Iterator[FamilySamples]:
+    yield from _gpu_families(snap)
+    jpt = cache(lambda: tuple(_ratios(snap, WindowFigures.joules_per_token)))
+    yield from _server_families(snap, jpt)
+    yield from _accounting_families(snap, jpt)
+    yield from _health_families(health)
+    yield from _placement_families(health.placement)
+    yield from _rejection_families(snap)
+
+
+def _models(snap: Snapshot) -> Iterator[tuple[ServerFigures, ModelFigures, str]]:
+    for s in snap.servers:
+        for m in s.models:
+            yield s, m, m.model or ""
+
+
+def _gpu_labels(gpu: Gpu) -> tuple[str, str, str]:
+    return str(gpu.index), gpu.uuid, gpu.model
+
+
+def _gpu_families(snap: Snapshot) -> Iterator[FamilySamples]:
+    gpus = snap.gpus
+    yield GPU_ENERGY, (((*_gpu_labels(g.gpu), g.gpu.energy_method), g.energy_j) for g in gpus)
+    yield GPU_POWER, ((_gpu_labels(g.gpu), g.power_w) for g in gpus if g.power_w is not None)
+    yield GPU_LAST_READING, ((_gpu_labels(g.gpu), g.t) for g in gpus)
+    yield (
+        GPU_SHARE,
+        (((s.server, str(g.gpu.index), g.gpu.uuid, s.method), s.share) for g in gpus for s in g.shares),
     )
-    for g in snap.gpus:
-        for s in g.shares:
-            share.add_metric([s.server, str(g.gpu.index), g.gpu.uuid, s.method], s.share)
-    return share
+
+
+RatioSample = tuple[tuple[str, str, str, str], float]
+"""(server, model, token_type, window) and the ratio."""
+
+
+def _ratios(
+    snap: Snapshot, ratio: Callable[[WindowFigures, TokenType], float | None]
+) -> Iterator[RatioSample]:
+    """(server, model, token_type, window) and value of every positive ratio of every model."""
+    for s, m, model in _models(snap):
+        for token_type, window, value in positive_ratios(m.windows, ratio):
+            yield (s.server, model, token_type, window), value
+
+
+def _later(samples: Callable[[], Iterable[RatioSample]]) -> Iterator[RatioSample]:
+    """The samples, computed when the first is read (never, for a family the level leaves out)."""
+    yield from samples()
+
+
+def _server_families(snap: Snapshot, jpt: Callable[[], Iterable[RatioSample]]) -> Iterator[FamilySamples]:
+    """`jpt`: each model's J/token samples, computed once for every family that needs them."""
+    servers = snap.servers
+    yield SERVER_ENERGY, (((s.server, model), m.energy_j) for s, m, model in _models(snap))
+    yield (
+        SERVER_TOKENS,
+        (
+            sample
+            for s, m, model in _models(snap)
+            for sample in (
+                ((s.server, model, "input"), m.input_tokens),
+                ((s.server, model, "output"), m.output_tokens),
+            )
+        ),
+    )
+    yield (
+        SERVER_REQUESTS,
+        (((s.server, model), m.requests) for s, m, model in _models(snap) if m.requests is not None),
+    )
+    yield (
+        SERVER_RUNNING,
+        (((s.server, model), m.running) for s, m, model in _models(snap) if m.running is not None),
+    )
+    yield SERVER_IDLE_ENERGY, (((s.server,), s.idle_energy_j) for s in servers)
+    yield SERVER_IDLE_SECONDS, (((s.server,), s.idle_s) for s in servers)
+    yield SERVER_UNMEASURED, (((s.server,), s.unmeasured_s) for s in servers)
+    yield JOULES_PER_TOKEN, _later(jpt)
+    yield (
+        TOKENS_PER_JOULE,
+        ((labels, 1.0 / value) for labels, value in _later(jpt)),
+    )
+
+
+def _accounting_families(snap: Snapshot, jpt: Callable[[], Iterable[RatioSample]]) -> Iterator[FamilySamples]:
+    """Idle and active figures, GPU attribution, the energy split, load bands, cost and carbon."""
+    servers = snap.servers
+    yield GPU_UNATTRIBUTED, ((_gpu_labels(g.gpu), g.unattributed_j) for g in snap.gpus)
+    yield ACTIVE_JOULES_PER_TOKEN, _ratios(snap, WindowFigures.active_joules_per_token)
+    yield (
+        SERVER_POWER,
+        (
+            ((s.server, window_label(w.window_s)), power)
+            for s in servers
+            for w in s.windows
+            if (power := w.power_w) is not None
+        ),
+    )
+    yield (
+        SERVER_IDLE_POWER,
+        (
+            ((s.server, window_label(w.window_s)), power)
+            for s in servers
+            for w in s.windows
+            if (power := w.idle_power_w) is not None
+        ),
+    )
+    fits = [((s.server,), s.split) for s in servers if s.split is not None]
+    yield PREFILL, ((server, fit.prefill_j_per_token) for server, fit in fits)
+    yield DECODE, ((server, fit.decode_j_per_token) for server, fit in fits)
+    yield STATIC, ((server, fit.static_w) for server, fit in fits)
+    yield SPLIT_R_SQUARED, ((server, fit.r_squared) for server, fit in fits)
+    yield SPLIT_SAMPLES, ((server, fit.samples) for server, fit in fits)
+    bands = [(s.server, model, b) for s, m, model in _models(snap) for b in m.bands]
+    yield BAND_ENERGY, (((server, model, b.band), b.energy_j) for server, model, b in bands)
+    yield (
+        BAND_TOKENS,
+        (
+            sample
+            for server, model, b in bands
+            for sample in (
+                ((server, model, b.band, "input"), b.input_tokens),
+                ((server, model, b.band, "output"), b.output_tokens),
+            )
+        ),
+    )
+    yield (
+        BAND_JOULES_PER_TOKEN,
+        (
+            ((server, model, b.band, token_type, window), value)
+            for server, model, b in bands
+            for token_type, window, value in positive_ratios(b.windows, WindowFigures.joules_per_token)
+        ),
+    )
+    tariff = snap.tariff
+    if tariff.price_per_kwh is not None and tariff.currency is not None:
+        yield from _priced_families(snap, jpt, COST, COST_PER_TOKEN, tariff.cost, (tariff.currency,))
+    if tariff.grams_per_kwh is not None:
+        yield from _priced_families(snap, jpt, CARBON, CARBON_PER_TOKEN, tariff.carbon_grams, ())
+
+
+def _priced_families(
+    snap: Snapshot,
+    jpt: Callable[[], Iterable[RatioSample]],
+    total: Family,
+    per_token: Family,
+    convert: Callable[[float], float | None],
+    extra: tuple[str, ...],
+) -> Iterator[FamilySamples]:
+    """A cost of energy (money, carbon): each model's total, and per token over each window.
+
+    `extra` are the values of the labels both families add (the currency).
+    """
+    yield total, (((s.server, model, *extra), convert(m.energy_j) or 0.0) for s, m, model in _models(snap))
+    yield (
+        per_token,
+        (((*labels, *extra), convert(value) or 0.0) for labels, value in _later(jpt)),
+    )
+
+
+def _health_families(health: Health) -> Iterator[FamilySamples]:
+    targets = health.targets
+    yield TARGET_UP, (((t.server,), 1.0 if t.up else 0.0) for t in targets)
+    yield (
+        TARGET_SCRAPE_DURATION,
+        (((t.server,), t.scrape_duration_s) for t in targets if t.scrape_duration_s is not None),
+    )
+    yield (
+        TARGET_ENERGY_READ_DURATION,
+        (((t.server,), t.energy_read_duration_s) for t in targets if t.energy_read_duration_s is not None),
+    )
+    yield (
+        TARGET_LAST_SUCCESS,
+        (((t.server,), t.last_success_t) for t in targets if t.last_success_t is not None),
+    )
+    yield TARGET_SCRAPE_ERRORS, (((t.server, reason), count) for t in targets for reason, count in t.errors)
+    yield SERVER_GPU_INFO, (((t.server, *_gpu_labels(g)), 1.0) for t in targets for g in t.gpus)
+    src = health.source
+    yield SOURCE_UP, [((src.source,), 1.0 if src.up else 0.0)]
+    yield (
+        SOURCE_READ_DURATION,
+        [((src.source,), src.read_duration_s)] if src.read_duration_s is not None else [],
+    )
+    yield SOURCE_READ_ERRORS, (((src.source, reason), count) for reason, count in src.errors)
+    yield SOURCE_REFRESH, [((src.source,), src.refresh_s)] if src.refresh_s is not None else []
+    yield SOURCE_GPU_UNCHANGED, (((src.source, *_gpu_labels(gpu)), age_s) for gpu, age_s in src.unchanged)
+    yield BUILD_INFO, [((health.version,), 1.0)]
+    yield INTERNAL_ERRORS, (((component,), count) for component, count in health.internal_errors)
+    yield RELOAD_SUCCESSFUL, [((), 1.0 if health.reload_successful else 0.0)]
+    yield RELOAD_SUCCESS_TIME, [((), health.reload_success_t)] if health.reload_success_t is not None else []
+    yield AUTH_RATE_LIMITED, [((), health.auth_refused)]
+
+
+def _placement_families(placement: PlacementHealth | None) -> Iterator[FamilySamples]:
+    if placement is None:
+        return
+    yield PLACEMENT_UP, [(("kubelet",), 1.0 if placement.up else 0.0)]
+    yield PLACEMENT_ERRORS, ((("kubelet", reason), count) for reason, count in placement.errors)
+
+
+def _rejection_families(snap: Snapshot) -> Iterator[FamilySamples]:
+    rejections = snap.rejections
+    yield REJECTED_READINGS, (((reason,), count) for reason, count in rejections.energy)
+    yield REJECTED_SCRAPES, (((server, reason), count) for server, reason, count in rejections.scrapes)
+    yield DROPPED_MODELS, (((server,), count) for server, count in snap.dropped_models)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from exporter.exposition.collector import TokenwattCollector
-from exporter.exposition.render import SharedRender
+from exporter.exposition.render import CONTENT_TYPE, SharedRender
 from exporter.exposition.web_config import (
     AUTHENTICATED,
     Authenticator,
@@ -40,10 +39,10 @@ def make_app(
     applied. `require_client_cert` keeps every path but `/healthz` and `/readyz` from clients
     without a verified certificate.
     """
-    render = SharedRender(collector.snapshot)
+    render = SharedRender(collector)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
-        response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        response = web.Response(body=await render.body(), headers={"Content-Type": CONTENT_TYPE})
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             response.enable_compression()
         return response

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.accounting import book
 from exporter.accounting.book import Accountant, ServerFigures, Snapshot
 from exporter.values import ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, GPU1, energy, place, scrape
@@ -253,3 +254,54 @@ def test_a_server_that_starts_behind_the_horizon_is_unmeasured_until_it_catches_
     g = snap.gpus[0]
     assert (g.settled_t, g.settled_energy_j) == (4.5, 450.0)
     assert (g.attributed_j, g.unattributed_j) == (225.0, 225.0)
+
+
+def test_settling_one_server_applies_its_queue_alone() -> None:
+    """What a scrape settles is its own server's queue: the others wait for the full settle."""
+    acc = Accountant(["a", "b"], [60.0], gap_limit_s=5.0)
+    place(acc, a=[GPU0], b=[GPU1])
+    for t in range(4):
+        energy(acc, t, 100.0 * t, GPU0)
+        energy(acc, t, 10.0 * t, GPU1)
+    for t in (0.5, 1.5, 2.5):
+        scrape(acc, "a", t, 0, 10 * t)
+        scrape(acc, "b", t, 0, 10 * t)
+    assert [i.energy_j for i in acc.settle(3.0, "a")] == [100.0, 100.0]
+    snap = acc.snapshot(3.0)
+    assert (_server(snap, "a").energy_j, _server(snap, "b").energy_j) == (200.0, 0.0)
+    assert all(g.settled_t == 0.0 for g in snap.gpus)  # horizons move in the full settle
+    assert [i.energy_j for i in acc.settle(3.0)] == [10.0, 10.0]
+    snap = acc.snapshot(3.0)
+    assert _server(snap, "b").energy_j == 20.0
+    assert [g.settled_t for g in snap.gpus] == [2.5, 2.5]
+
+
+def test_a_gpu_history_stays_short_however_long_it_runs() -> None:
+    acc = Accountant(["s"], [60.0], gap_limit_s=5.0)
+    place(acc, s=[GPU0])
+    for k in range(2000):  # a reading every 0.1 s and a scrape every second, for 200 s
+        energy(acc, k / 10, 30.0 * k)
+        if k % 10 == 5:
+            scrape(acc, "s", k / 10, 0, k)
+            acc.settle(k / 10)
+    assert len(acc.tracks[GPU0.uuid]) <= 20  # from the horizon (the latest scrape) on: about 1 s
+
+
+def test_a_lagging_server_holds_at_most_max_held_readings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server silent for less than hold_s holds a GPU's horizon back, but only so many readings."""
+    monkeypatch.setattr(book, "MAX_HELD_READINGS", 50)
+    acc = Accountant(["a", "quiet"], [60.0], gap_limit_s=5.0, hold_s=1000.0)
+    place(acc, a=[GPU0], quiet=[GPU0])
+    energy(acc, 0, 0.0)
+    scrape(acc, "quiet", 0.5, 0, 0)
+    for k in range(1, 400):
+        energy(acc, k, 100.0 * k)
+        scrape(acc, "a", k - 0.5, 0, k)
+        acc.settle(k)
+    assert len(acc.tracks[GPU0.uuid]) <= 51
+    g = acc.snapshot(400.0).gpus[0]
+    assert g.settled_t is not None and g.settled_t >= 399 - 51  # no longer held at 0.5 by the quiet server
+    assert g.attributed_j + g.unattributed_j == pytest.approx(g.settled_energy_j)
+    scrape(acc, "quiet", 399.0, 0, 5)
+    acc.settle(400.0)
+    assert _server(acc.snapshot(400.0), "quiet").unmeasured_s == 398.5  # its stretch was let go

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.book import Accountant
 from exporter.accounting.tariff import Tariff
-from exporter.exposition.collector import Health, SourceHealth, TokenwattCollector
+from exporter.exposition.collector import Health, SourceHealth
+from exporter.exposition.render import render_text
 from tests.accounting.builders import GPU0, GPU1, energy, place, scrape
 
 Labels = tuple[tuple[str, str], ...]
@@ -16,9 +16,7 @@ Labels = tuple[tuple[str, str], ...]
 
 def _render(acc: Accountant, now: float) -> dict[tuple[str, Labels], float]:
     health = Health("0", SourceHealth("simulated", True, None, ()), ())
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(TokenwattCollector(lambda: (acc.snapshot(now), health)))
-    text = generate_latest(registry).decode()
+    text = render_text(acc.snapshot(now), health).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -60,8 +60,9 @@ COUNTERS = (
     "tokenwatt_server_energy_joules_total",
     "tokenwatt_server_energy_cost_total",
     "tokenwatt_server_carbon_grams_total",
+    "tokenwatt_server_idle_energy_joules_total",
 )
-"""The counters whose rates the fleet rules divide."""
+"""The counters whose rates the compared rules divide."""
 SCRAPE_IN_FLIGHT_S = 0.1
 """A scrape's samples carry the instant it started but reach Prometheus' database only when it ends
 (the demo's scrapes take about 10 ms): a rule evaluated less than this after a scrape started may
@@ -345,13 +346,21 @@ def assert_rates_start_at_the_baseline(live: LivePrometheus, at: float) -> None:
             'tokenwatt_carbon_grams_per_token{window="5m"}',
             1e6,
         ),
+        ("fleet:tokenwatt_tokens_per_joule:ratio_rate5m", 'tokenwatt_tokens_per_joule{window="5m"}', 1.0),
+        (
+            "server:tokenwatt_active_joules_per_token:ratio_rate5m",
+            'tokenwatt_active_joules_per_token{window="5m"}',
+            1.0,
+        ),
     ],
-    ids=["joules", "cost", "carbon"],
+    ids=["joules", "cost", "carbon", "tokens_per_joule", "active_joules"],
 )
 def test_recorded_fleet_figure_agrees_with_the_exporter(
     prometheus: LivePrometheus, recorded: str, exported: str, scale: float
 ) -> None:
-    """Prometheus' ratio of rates over the fleet against the exporter's own 5m window, both within 2 %.
+    """Prometheus' ratio of rates (over the fleet, or the demo's one server) against the exporter's own
+    5m window, within 2 %: the same figure whether tokenwatt exports it or `exposition.derived` leaves
+    it to the rules.
 
     Like with like: the rates span the exporter's whole window (checked), and the recorded figure is
     compared with the exporter's figure from the scrape its evaluation read, not a later one (the

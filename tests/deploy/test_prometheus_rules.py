@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.exposition.collector import families
+from exporter.values import Derived
 from tests.conftest import require_tool
 from tests.deploy.artifacts import (
     ALERTS_DOC,
@@ -17,8 +19,10 @@ from tests.deploy.artifacts import (
     RULE_FILES,
     RULE_TEST_FILES,
     alerting_rules,
+    exporter_metric_names,
     recording_rules,
 )
+from tests.exposition.snapshots import steady_snapshot
 
 RECORD_NAME = re.compile(r"^[a-z_]+:tokenwatt_[a-z0-9_]+:[a-z0-9_]+$")
 BASELINE = "server_model_band:tokenwatt_joules_per_token:median7d_ratio_rate1h"
@@ -102,3 +106,14 @@ def test_every_alert_has_a_summary_a_description_and_a_runbook_section() -> None
         runbook = annotations.get("runbook", "")
         assert runbook == f"docs/alerts.md#{alert.name.lower()}", alert.name
         assert alert.name.lower() in headings, f"docs/alerts.md has no section for {alert.name}"
+
+
+def test_rules_and_alerts_read_only_what_derived_none_exports() -> None:
+    """With `exposition.derived: none` every rule and alert still has its input: they read counters
+    and the gauges that are not windowed ratios, never a ratio the exporter may leave out."""
+    snap, health = steady_snapshot(1)  # priced and with carbon: every family there is
+    exported = {f.name for f, _ in families(snap, health, Derived.NONE)}
+    readers = [(r.name, r.expr) for r in recording_rules()] + [(a.name, a.expr) for a in alerting_rules()]
+    for name, expr in readers:
+        missing = exporter_metric_names(expr) - exported
+        assert not missing, f"{name} reads {sorted(missing)}, which derived: none does not export"

@@ -1,19 +1,22 @@
-"""The collector renders a snapshot: names, labels, and no sample where there is no number."""
+"""The page of a snapshot: names, labels, no sample where there is no number, valid text at every level."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+import subprocess
+from dataclasses import replace
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.accounting.book import GpuFigures, ModelFigures, ServerFigures, Snapshot, WindowFigures
-from exporter.exposition.collector import (
-    Health,
-    SourceHealth,
-    TargetHealth,
-    TokenwattCollector,
-    window_label,
-)
-from exporter.values import Gpu
+from exporter.exposition.collector import Health, SourceHealth, TargetHealth, families, window_label
+from exporter.exposition.render import PageWriter, render_text
+from exporter.values import Derived, Gpu, PodRef
+from tests.conftest import require_tool
+from tests.exposition.reference import prometheus_client_text
+from tests.exposition.snapshots import steady_snapshot
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def test_window_labels() -> None:
@@ -22,13 +25,10 @@ def test_window_labels() -> None:
     ]  # fmt: skip
 
 
-def render(snapshot: Snapshot, health: Health) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(TokenwattCollector(lambda: (snapshot, health)))
-    text = generate_latest(registry).decode()
+def parse(text: bytes) -> Samples:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(text.decode())
         for s in family.samples
     }
 
@@ -49,7 +49,7 @@ def test_snapshot_rendering() -> None:
         SourceHealth("nvml", False, None, (("timeout", 3),)),
         (TargetHealth("s", True, 0.01, 1700000001.0, ()),),
     )
-    found = render(snapshot, health)
+    found = parse(render_text(snapshot, health))
     g = (("gpu", "0"), ("gpu_model", "H100"), ("uuid", "GPU-x"))
     assert found[("tokenwatt_gpu_energy_joules_total", (*g[:2], ("method", "counter"), g[2]))] == 1234.5
     assert ("tokenwatt_gpu_power_watts", g) not in found  # no power reading, no sample
@@ -66,3 +66,79 @@ def test_snapshot_rendering() -> None:
     assert found[("tokenwatt_energy_read_errors_total", (("reason", "timeout"), ("source", "nvml")))] == 3
     assert found[("tokenwatt_target_up", (("server", "s"),))] == 1.0
     assert found[("tokenwatt_build_info", (("version", "9.9.9"),))] == 1.0
+
+
+HOSTILE = 'a "quoted"\\back\nslash ünï'
+"""A label value with every character the text format escapes, and some that it does not."""
+
+
+def hostile_snapshot() -> tuple[Snapshot, Health]:
+    snap, health = steady_snapshot(3, gpus=2, pods=(("server-0001", PodRef("ns", HOSTILE)),))
+    models = tuple(replace(m, model=HOSTILE) for m in snap.servers[0].models)
+    servers = (replace(snap.servers[0], models=models), *snap.servers[1:])
+    return replace(snap, servers=servers), replace(health, version=HOSTILE, internal_errors=(("energy", 2),))
+
+
+@pytest.mark.parametrize("derived", list(Derived))
+def test_the_page_is_what_prometheus_client_would_write(derived: Derived) -> None:
+    """Byte for byte: HELP, TYPE, label escaping and order, Go's float format, pod labels."""
+    snap, health = hostile_snapshot()
+    expected = prometheus_client_text(families(snap, health, derived), dict(health.pods))
+    writer = PageWriter()
+    for _ in range(2):  # the first render builds each series' text, the second reuses it
+        assert writer.write(families(snap, health, derived), dict(health.pods)) == expected
+
+
+@pytest.mark.parametrize("derived", list(Derived))
+def test_promtool_accepts_the_page(derived: Derived) -> None:
+    promtool = require_tool("promtool")
+    snap, health = hostile_snapshot()
+    text = render_text(snap, health, derived)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == result.stderr == b""  # no lint findings either
+
+
+def test_kept_series_text_follows_the_page() -> None:
+    """A series that leaves the page is forgotten; a server that becomes a pod gets its labels."""
+    writer = PageWriter()
+    big, big_health = steady_snapshot(5, gpus=2)
+    small, small_health = steady_snapshot(2, gpus=2)
+    pods = {"server-0001": PodRef("ns", "p")}
+    writer.write(families(big, big_health, Derived.ALL), {})
+    kept_big = sum(len(s) for s in writer._series.values())
+    page = writer.write(families(small, small_health, Derived.ALL), pods)
+    kept_small = sum(len(s) for s in writer._series.values())
+    assert kept_small == page.count(b"\n") - page.count(b"# ") < kept_big
+    found = parse(page)
+    idle = "tokenwatt_server_idle_seconds_total"
+    assert (idle, (("namespace", "ns"), ("pod", "p"), ("server", "server-0001"))) in found
+    assert (idle, (("server", "server-0000"),)) in found
+    assert (idle, (("server", "server-0001"),)) not in found
+    page = writer.write(families(small, small_health, Derived.ALL), {})  # no longer a pod
+    assert (idle, (("server", "server-0001"),)) in parse(page)
+
+
+WINDOWED = {
+    Derived.NONE: set(),
+    Derived.ESSENTIAL: {"tokenwatt_joules_per_token", "tokenwatt_server_power_watts"},
+    Derived.ALL: {
+        "tokenwatt_joules_per_token", "tokenwatt_tokens_per_joule", "tokenwatt_active_joules_per_token",
+        "tokenwatt_server_power_watts", "tokenwatt_server_idle_power_watts",
+        "tokenwatt_band_joules_per_token", "tokenwatt_cost_per_token", "tokenwatt_carbon_grams_per_token",
+    },
+}  # fmt: skip
+"""The families with a `window` label each level emits (docs/metrics.md lists the same)."""
+
+
+@pytest.mark.parametrize("derived", list(Derived))
+def test_derived_levels_keep_every_counter_and_drop_windowed_ratios(derived: Derived) -> None:
+    snap, health = steady_snapshot(2, gpus=2)
+    page = parse(render_text(snap, health, derived))
+    everything = parse(render_text(snap, health, Derived.ALL))
+    windowed = {name for name, labels in page if "window" in dict(labels)}
+    assert windowed == WINDOWED[derived]
+    unwindowed = {k: v for k, v in everything.items() if "window" not in dict(k[1])}
+    assert {k: v for k, v in page.items() if "window" not in dict(k[1])} == unwindowed
