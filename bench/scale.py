@@ -510,7 +510,10 @@ async def run_step(targets: int, opt: Options, workdir: Path) -> Step:
         on_time_while_read=while_read.on_time_share if while_read.gaps else None,
         log_problems=problems_in_log(processes[0].log),
         unscraped_at_start=unscraped,
-        cpu_ratio=tw.cpu_ms_per_scrape / prom.cpu_ms_per_scrape if prom else None,
+        # CPU time comes in clock ticks (10 ms): a short span may show none.
+        cpu_ratio=tw.cpu_ms_per_scrape / prom.cpu_ms_per_scrape
+        if prom and prom.cpu_ms_per_scrape > 0
+        else None,
         rss_ratio=tw.rss_mib / prom.rss_mib if prom else None,
         timeline=timeline,
         profile=top_functions(step_dir / PROFILE) if opt.profile else [],

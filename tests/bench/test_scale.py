@@ -76,7 +76,13 @@ def test_one_short_run_measures_tokenwatt_and_prometheus_side_by_side(tmp_path: 
         figures = step[who]
         assert figures["scrapes"] > 0, who
         assert figures["cpu_s"] >= 0 and figures["rss_mib"] > 0, who
-    assert step["cpu_ratio"] is not None and step["rss_ratio"] is not None
+    tw, prom = step["tokenwatt"], step["prometheus"]
+    assert step["rss_ratio"] == pytest.approx(tw["rss_mib"] / prom["rss_mib"])
+    # CPU time comes in 10 ms clock ticks: in 3 s Prometheus may have used none.
+    if prom["cpu_s"] > 0:
+        assert step["cpu_ratio"] == pytest.approx(tw["cpu_ms_per_scrape"] / prom["cpu_ms_per_scrape"])
+    else:
+        assert step["cpu_ratio"] is None
     assert step["timeline"], "the measured span was sampled"
 
 
