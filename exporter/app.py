@@ -22,8 +22,9 @@ from aiohttp import web
 
 from exporter import __version__
 from exporter.accounting.bands import LoadBands
-from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.book import Accountant
 from exporter.accounting.cardinality import ModelLimit
+from exporter.accounting.figures import Snapshot
 from exporter.accounting.tariff import Tariff
 from exporter.config import Config, ConfigError, ServerConfig
 from exporter.config_file import load_config

@@ -153,7 +153,7 @@ def documented_metric_names() -> set[str]:
 
 
 def test_no_nan_or_inf_when_windows_have_no_tokens() -> None:
-    from exporter.accounting.book import WindowFigures
+    from exporter.accounting.figures import WindowFigures
 
     empty = WindowFigures(60.0, energy_j=120.0, input_tokens=0.0, output_tokens=0.0)
     assert all(empty.joules_per_token(t) is None for t in ("output", "input", "all"))

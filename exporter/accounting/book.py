@@ -46,17 +46,6 @@ from exporter.accounting.tracks import EnergyTrack
 from exporter.placement import Placement, Share
 from exporter.values import Gpu, GpuActivity, GpuSample, ModelTokens, TokenSample
 
-__all__ = [
-    "Accountant",
-    "BandFigures",
-    "GpuFigures",
-    "ModelFigures",
-    "ServerFigures",
-    "ServerWindow",
-    "Snapshot",
-    "WindowFigures",
-]
-
 DEFAULT_SPLIT_WINDOW_S = 600.0
 DEFAULT_HOLD_S = 300.0
 MAX_HELD_READINGS = 8192

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Literal
 
-from exporter.accounting.book import ModelFigures, ServerFigures, Snapshot, WindowFigures
+from exporter.accounting.figures import ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.config import Derived
 from exporter.values import Gpu, PodLabels, TokenType
 

@@ -15,7 +15,7 @@ import asyncio
 import math
 from collections.abc import Iterable, Mapping
 
-from exporter.accounting.book import Snapshot
+from exporter.accounting.figures import Snapshot
 from exporter.config import Derived
 from exporter.exposition.collector import Family, FamilySamples, Health, TokenwattCollector, families
 from exporter.values import PodLabels

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.accounting import book
-from exporter.accounting.book import Accountant, ServerFigures, Snapshot
+from exporter.accounting.book import Accountant
+from exporter.accounting.figures import ServerFigures, Snapshot
 from exporter.values import ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, GPU1, energy, place, scrape
 

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.book import Accountant
+from exporter.accounting.figures import Snapshot
 from exporter.accounting.gate import LOG_EVERY_S, MAX_GPU_POWER_W
 from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 from tests.accounting.builders import GPU0, energy, place, scrape

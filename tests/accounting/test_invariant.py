@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytest import approx
 
-from exporter.accounting.book import Accountant, Snapshot
+from exporter.accounting.book import Accountant
+from exporter.accounting.figures import Snapshot
 from exporter.placement import Holding, Placement
 from exporter.values import Gpu, GpuActivity, GpuSample, ModelTokens, PodRef, TokenSample
 from tests.accounting.builders import GPU0, GPU1

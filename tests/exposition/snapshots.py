@@ -8,7 +8,7 @@ GPUs are shared by the servers placed on them.
 
 from __future__ import annotations
 
-from exporter.accounting.book import (
+from exporter.accounting.figures import (
     BandFigures,
     GpuFigures,
     ModelFigures,

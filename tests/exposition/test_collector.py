@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from exporter.accounting.book import GpuFigures, ModelFigures, ServerFigures, Snapshot, WindowFigures
+from exporter.accounting.figures import GpuFigures, ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.config import Derived
 from exporter.exposition.collector import Health, SourceHealth, TargetHealth, families, window_label
 from exporter.exposition.render import PageWriter, render_text

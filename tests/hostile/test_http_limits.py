@@ -13,7 +13,7 @@ import bcrypt
 import pytest
 from aiohttp import web
 
-from exporter.accounting.book import ModelFigures, ServerFigures, Snapshot, WindowFigures
+from exporter.accounting.figures import ModelFigures, ServerFigures, Snapshot, WindowFigures
 from exporter.exposition.collector import Health, SourceHealth, TokenwattCollector
 from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite
 from exporter.exposition.server import make_app
