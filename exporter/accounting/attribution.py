@@ -142,15 +142,19 @@ class GpuLedger:
             while i < len(steps) and steps[i].t_end <= lo:
                 i += 1
             shares = steps[i].shares if i < len(steps) and steps[i].t_start <= lo else _NO_SHARES
-            for server in ending.get(lo, ()):
-                if server in active:
-                    active.remove(server)
-                    claimed_sum -= shares.get(server, 0.0) if shares is current else 0.0
-            for server in starting.get(lo, ()):
-                if server not in active:
-                    active.add(server)
-                    claimed_sum += shares.get(server, 0.0) if shares is current else 0.0
-            if shares is not current:
+            ended, started = ending.get(lo, ()), starting.get(lo, ())
+            if shares is current:  # the same step: only the servers that come or go change the sum
+                for server in ended:
+                    if server in active:
+                        active.remove(server)
+                        claimed_sum -= shares.get(server, 0.0)
+                for server in started:
+                    if server not in active:
+                        active.add(server)
+                        claimed_sum += shares.get(server, 0.0)
+            else:
+                active.difference_update(ended)
+                active.update(started)
                 current = shares
                 claimed_sum = math.fsum(shares.get(server, 0.0) for server in active)
             energy_hi = self.track.energy_spanning(hi)
