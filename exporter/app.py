@@ -44,7 +44,7 @@ from exporter.exposition.limits import RUNNER_LIMITS, GuardedSite, bound_address
 from exporter.exposition.server import make_app
 from exporter.exposition.web_config import Authenticator, WebConfig, WebConfigError, load_web_config
 from exporter.placement.dra import ResourceSliceWatcher, slice_watcher_of
-from exporter.placement.kubelet import KubeletRefresher, place, refresher_of
+from exporter.placement.kubelet import KubeletRefresher, place, pods_of, refresher_of
 from exporter.pollers import EnergyPoller, Supervisor, TargetPoller
 from exporter.values import Gpu, GpuSample, PodLabels, PodRef, TokenSample
 
@@ -124,12 +124,10 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self.reload_successful = True
         self.reload_success_t: float | None = clock()
-        self.kubelet: KubeletRefresher | None = refresher_of(config, lambda: self._place(set(), force=True))
+        self.kubelet: KubeletRefresher | None = refresher_of(config, self._replace)
         self.discovery = watcher_of(config, self._discovered)
         self.roster = Roster(config.discovery.kubernetes.grace_period, self._forget)
-        self.dra: ResourceSliceWatcher | None = slice_watcher_of(
-            config, lambda: self._place(set(), force=True)
-        )
+        self.dra: ResourceSliceWatcher | None = slice_watcher_of(config, self._replace)
         self.collector = TokenwattCollector(self.snapshot, config.exposition.derived)
         self.url: str | None = None
         self.stopping = asyncio.Event()
@@ -354,6 +352,10 @@ class Daemon:
             self.accountant.settle(self._clock(), server)
             self._log_resets((server,))
 
+    def _replace(self) -> None:
+        """The kubelet or the DRA slices changed what a pod holds: place every server again now."""
+        self._place(set(), force=True)
+
     def _place(self, gpus: set[Gpu], force: bool = False) -> None:
         """Place every server on the GPUs seen so far; a change takes effect now."""
         seen = tuple(sorted(gpus | set(self._gpus), key=lambda g: g.index))
@@ -471,7 +473,7 @@ class Daemon:
             if server.name not in self.accountant.ledgers:  # a pod back within its grace period has one
                 self.accountant.add_server(server.name, ModelLimit(server.max_models, server.model_expiry))
         if self.kubelet is not None:  # servers that are pods: the ones running now
-            self.kubelet.pods = {s.name: PodRef.named(s.pod) for s in self._servers() if s.pod is not None}
+            self.kubelet.pods = pods_of(self._servers())
             self.kubelet.wake()
         self._place(set(self._gpus), force=True)
         for server in added:
@@ -489,7 +491,7 @@ class Daemon:
 
     def _pod_labels(self) -> tuple[tuple[str, PodLabels], ...]:
         """The pod labels of every server that is a pod, departed discovered ones included."""
-        pods = ((s.name, PodRef.named(s.pod)) for s in self.config.servers if s.pod is not None)
+        pods = pods_of(self.config.servers).items()
         static = ((name, PodLabels(pod.namespace, pod.name)) for name, pod in pods)
         return (*static, *self.roster.labels())
 

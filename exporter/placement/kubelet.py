@@ -23,7 +23,7 @@ import grpc
 import grpc.aio
 import structlog
 
-from exporter.config import Config
+from exporter.config import Config, ServerConfig
 from exporter.placement import Placement, Unmatched, place_static
 from exporter.placement.dra import ClaimDevice
 from exporter.placement.podresources.api_pb2 import (
@@ -302,10 +302,15 @@ def place(
     return place_static(selectors, gpus, migs, pods)
 
 
+def pods_of(servers: Iterable[ServerConfig]) -> dict[str, PodRef]:
+    """Server name -> the pod it names (`servers[].pod`), for the servers that are pods."""
+    return {s.name: PodRef.named(s.pod) for s in servers if s.pod is not None}
+
+
 def refresher_of(config: Config, on_change: Callable[[], None]) -> KubeletRefresher | None:
     """The refresher of a config's pods; None with static placement, or no server that is a pod and no
     discovery of pods."""
-    pods = {s.name: PodRef.named(s.pod) for s in config.servers if s.pod is not None}
+    pods = pods_of(config.servers)
     if config.placement.source != "kubelet" or not (pods or config.discovery.source == "kubernetes"):
         return None
     k, dra = config.placement.kubelet, config.placement.dra
