@@ -21,6 +21,7 @@ from exporter.placement.dra import (
     SliceDevice,
     SliceView,
     published,
+    slice_watcher_of,
 )
 from exporter.placement.kubelet import KubeletRefresher, PodResourcesClient, place, refresher_of
 from exporter.values import Gpu, MigDevice, PodRef
@@ -253,6 +254,13 @@ def test_dra_needs_the_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert validate_config(
         {"placement": {"source": "kubelet", "dra": {"enabled": True}}}
     ).placement.dra.enabled
+    monkeypatch.delenv("NODE_NAME")
+    named = validate_config(  # discovery's node name serves DRA too, with discovery off
+        {"placement": {"source": "kubelet", "dra": {"enabled": True}},
+         "discovery": {"kubernetes": {"node_name": NODE}}}
+    )  # fmt: skip
+    watcher = slice_watcher_of(named, lambda: None)
+    assert watcher is not None and watcher.node_name == NODE
 
 
 def test_a_slice_is_read_up_to_the_devices_the_api_allows() -> None:
