@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: a page of metrics as a dict, the command line in a subprocess."""
+"""Helpers shared by the tests: a page of metrics as a dict, the command line in a subprocess, promtool's
+verdict on a page."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).parents[1]
 
@@ -60,3 +63,12 @@ async def get_text(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200, f"{url}: {resp.status}"
         return await resp.text()
+
+
+def assert_promtool_accepts(text: str) -> None:
+    """`promtool check metrics` passes the page with no finding at all (a test that calls this is
+    marked `tools`)."""
+    check = subprocess.run(
+        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr

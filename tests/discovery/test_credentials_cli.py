@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 
-def test_run_without_kubernetes_credentials_exits_2(tmp_path: Path) -> None:
+from tests.helpers import run_cli
+
+
+def test_run_without_kubernetes_credentials_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "tokenwatt.yml"
     config.write_text(
         "listen: 127.0.0.1:0\n"
@@ -16,10 +17,9 @@ def test_run_without_kubernetes_credentials_exits_2(tmp_path: Path) -> None:
         f"placement: {{source: kubelet, kubelet: {{socket: {tmp_path / 'kubelet.sock'}}}}}\n"
         "discovery: {source: kubernetes}\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
-    env["NODE_NAME"] = "gpu-node-1"
-    result = subprocess.run([sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30, env=env)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    result = run_cli("run", "--config", str(config), timeout=30, env={"NODE_NAME": "gpu-node-1"})
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == (
         "tokenwatt: discovery.kubernetes: no Kubernetes credentials: not in a cluster "
@@ -30,6 +30,5 @@ def test_run_without_kubernetes_credentials_exits_2(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "kubeconfig"
     named = f"{{source: kubernetes, kubernetes: {{kubeconfig: {missing}}}}}"
     config.write_text(config.read_text().replace("{source: kubernetes}", named))
-    result = subprocess.run([sys.executable, "-m", "exporter.cli", "run", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30, env=env)
+    result = run_cli("run", "--config", str(config), timeout=30, env={"NODE_NAME": "gpu-node-1"})
     assert result.returncode == 2 and f"Configuration file {missing} not found" in result.stderr

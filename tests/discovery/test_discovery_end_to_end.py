@@ -6,14 +6,13 @@ nothing of a gone pod outlives its grace period."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import aiohttp
 import pytest
 
-from tests.conftest import require_tool
 from tests.discovery.cluster import NODE, Cluster, Samples, cluster, one, series_of, servers_on_page
 from tests.fakes.kube_api import DEPLOYMENTS, JOBS, PODS, REPLICASETS, deployment, job, owner, pod, replicaset
+from tests.helpers import assert_promtool_accepts
 
 HASH = "5d8f7c9b6"
 A = "llm/vllm-a-5d8f7c9b6-x2x9q"
@@ -50,6 +49,7 @@ def check_against_truth(c: Cluster, before: Samples, after: Samples, server: str
     assert e1 - e0 == pytest.approx(truth, rel=0.01)
 
 
+@pytest.mark.tools  # promtool
 async def test_pods_discovered_placed_scaled_and_deleted() -> None:
     async with cluster(pod_labels=["team", "app.kubernetes.io/name"]) as c:
         api = c.api
@@ -146,10 +146,7 @@ async def test_pods_discovered_placed_scaled_and_deleted() -> None:
 
         async with aiohttp.ClientSession() as session, session.get(c.metrics_url) as resp:
             text = await resp.text()
-    check = subprocess.run(
-        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    assert_promtool_accepts(text)
 
 
 async def test_a_label_selector_chooses_the_pods() -> None:

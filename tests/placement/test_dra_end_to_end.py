@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,7 +26,6 @@ from exporter.config_file import validate_config
 from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadSchedule, SimulatedFleet
 from exporter.placement import Holding
-from tests.conftest import require_tool
 from tests.fakes.kube_api import RESOURCESLICES, FakeKubeApi
 from tests.fakes.kubelet import FakeKubelet, FakePod
 from tests.fakes.resource_slices import (
@@ -38,6 +36,7 @@ from tests.fakes.resource_slices import (
     mig_device,
     resource_slice,
 )
+from tests.helpers import assert_promtool_accepts, get_text, value
 from tests.placement.test_kubelet_end_to_end import (
     LOAD_A,
     LOAD_B,
@@ -48,11 +47,9 @@ from tests.placement.test_kubelet_end_to_end import (
     PhysicalGpus,
     Samples,
     assert_invariant,
-    get_text,
     gpus_of,
     measured_span,
     scrape,
-    value,
 )
 from tests.test_end_to_end import documented_metric_names
 
@@ -144,6 +141,7 @@ async def until(rig: Rig, done: Callable[[Samples], bool], failure: str, limit_s
     return found
 
 
+@pytest.mark.tools  # promtool
 async def test_pods_with_gpus_only_through_dra_get_their_energy(monkeypatch: pytest.MonkeyPatch) -> None:
     async with dra_rig(monkeypatch) as rig:
         await asyncio.sleep(5.0)
@@ -200,10 +198,7 @@ async def test_pods_with_gpus_only_through_dra_get_their_energy(monkeypatch: pyt
         assert gpus_of(failed, "a") == {"0", "2"} and gpus_of(failed, "b") == {"1"}
         assert_invariant(rig.daemon)
         text = await get_text(rig.metrics_url)
-    check = subprocess.run(
-        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    assert_promtool_accepts(text)
     families = {f.name for f in text_string_to_metric_families(text)}
     assert {"tokenwatt_placement_dra_devices", "tokenwatt_placement_dra_unresolved_devices"} <= families
     assert families <= documented_metric_names()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +26,8 @@ from exporter.demo import ServedCounters, SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, SimulatedFleet
 from exporter.placement import Holding
 from exporter.values import Gpu, GpuSample, MigDevice
-from tests.conftest import require_tool
 from tests.fakes.kubelet import FakeKubelet, FakePod
-from tests.helpers import Series, get_text, samples, value
+from tests.helpers import Series, assert_promtool_accepts, get_text, samples, value
 
 POWER = PowerModel(idle_w=60.0, j_per_input_token=0.05, j_per_output_token=0.7)
 LOAD_A = (
@@ -252,10 +250,7 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
         )
         assert gpus_of(failed, "a") == {"0", "2"}
         text = await get_text(rig.metrics_url)
-    check = subprocess.run(
-        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
-    )
-    assert check.returncode == 0 and check.stdout + check.stderr == "", check.stdout + check.stderr
+    assert_promtool_accepts(text)
     assert 'tokenwatt_joules_per_token{model="llama-a",namespace="llm",pod="vllm-0",server="a"' in text
 
 
