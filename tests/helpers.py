@@ -19,13 +19,14 @@ REPO = Path(__file__).parents[1]
 Labels = tuple[tuple[str, str], ...]
 """A sample's labels, sorted by name: one key per series whatever the order on the page."""
 Series = tuple[str, Labels]
+Samples = dict[Series, float]
 
 
 def series(name: str, **labels: str) -> Series:
     return name, tuple(sorted(labels.items()))
 
 
-def samples(text: str) -> dict[Series, float]:
+def samples(text: str) -> Samples:
     """Every sample of an exposition page (text format) by its name and labels."""
     return {
         series(s.name, **s.labels): s.value
@@ -34,9 +35,22 @@ def samples(text: str) -> dict[Series, float]:
     }
 
 
-def value(found: dict[Series, float], name: str, **labels: str) -> float:
+def value(found: Samples, name: str, **labels: str) -> float:
     """The sample with exactly these labels; a KeyError names it when the page lacks it."""
     return found[series(name, **labels)]
+
+
+def series_of(found: Samples, name: str, **labels: str) -> dict[Labels, float]:
+    """The samples of `name` whose labels include `labels`, by their labels."""
+    want = set(labels.items())
+    return {ls: v for (n, ls), v in found.items() if n == name and want <= set(ls)}
+
+
+def one(found: Samples, name: str, **labels: str) -> float:
+    """The one sample of `name` whose labels include `labels`."""
+    matches = series_of(found, name, **labels)
+    assert len(matches) == 1, f"{name}{labels}: {len(matches)} series: {sorted(matches)}"
+    return next(iter(matches.values()))
 
 
 def run_cli(

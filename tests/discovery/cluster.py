@@ -18,9 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 from exporter.app import Daemon
 from exporter.config_file import validate_config
 from exporter.demo import ServedCounters, SimulatedVllmServer
@@ -28,6 +25,7 @@ from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, Simul
 from exporter.values import Gpu, GpuSample
 from tests.fakes.kube_api import PODS, FakeKubeApi, pod
 from tests.fakes.kubelet import FakeKubelet, FakePod
+from tests.helpers import Samples, get_text, samples
 
 NODE = "gpu-node-1"
 TOKEN = "tokenwatt-serviceaccount-token"
@@ -45,7 +43,6 @@ LOADS = tuple(
     for i in range(GPU_COUNT)
 )
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 class Gpus:
@@ -126,14 +123,7 @@ class Cluster:
         return list((self.servers.get(server) or self.deleted[server]).served)
 
     async def scrape(self) -> Samples:
-        async with aiohttp.ClientSession() as session, session.get(self.metrics_url) as resp:
-            assert resp.status == 200
-            text = await resp.text()
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return samples(await get_text(self.metrics_url))
 
     async def until(self, done: Callable[[Samples], bool], failure: str, limit_s: float = 15.0) -> Samples:
         """Scrape /metrics until `done` holds (a liveness bound, not a speed requirement)."""
@@ -142,18 +132,6 @@ class Cluster:
             assert time.monotonic() < deadline, failure
             await asyncio.sleep(0.1)
         return found
-
-
-def series_of(found: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
-    """The samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return {ls: v for (n, ls), v in found.items() if n == name and want <= ls}
-
-
-def one(found: Samples, name: str, **labels: str) -> float:
-    matches = series_of(found, name, **labels)
-    assert len(matches) == 1, f"{name}{labels}: {len(matches)} series: {sorted(map(sorted, matches))}"
-    return next(iter(matches.values()))
 
 
 def servers_on_page(found: Samples) -> set[str]:

@@ -22,9 +22,10 @@ from exporter.demo import SimulatedVllmServer
 from exporter.energy.simulated import LoadPhase, LoadSchedule
 from exporter.values import ModelTokens, TokenSample
 from tests.conftest import UNDER_CI
-from tests.discovery.cluster import NODE, UUIDS, Cluster, cluster, one, series_of
+from tests.discovery.cluster import NODE, UUIDS, Cluster, cluster
 from tests.fakes.kube_api import PODS, pod
 from tests.fakes.kubelet import FakePod
+from tests.helpers import Series, one, series_of
 
 PODS_ON_NODE = 100
 CHURN_S = 20.0 if UNDER_CI else 6.0
@@ -44,7 +45,7 @@ class Footprint:
     """The names of the daemon's supervised tasks (one per poller)."""
     sessions: int
     sockets: int
-    series: frozenset[tuple[str, frozenset[tuple[str, str]]]]
+    series: frozenset[Series]
     """Every series on /metrics (name and labels)."""
     churn_series: int
     """Series that name a churned pod."""

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 
-from tests.discovery.cluster import NODE, Cluster, Samples, cluster, one, series_of, servers_on_page
+from tests.discovery.cluster import NODE, Cluster, cluster, servers_on_page
 from tests.fakes.kube_api import DEPLOYMENTS, JOBS, PODS, REPLICASETS, deployment, job, owner, pod, replicaset
-from tests.helpers import assert_promtool_accepts
+from tests.helpers import Samples, assert_promtool_accepts, get_text, one, series_of
 
 HASH = "5d8f7c9b6"
 A = "llm/vllm-a-5d8f7c9b6-x2x9q"
@@ -82,11 +81,11 @@ async def test_pods_discovered_placed_scaled_and_deleted() -> None:
 
         # Labels: namespace, pod, workload resolved through the owners, allowlisted pod labels.
         a_series = series_of(first, "tokenwatt_joules_per_token", server=A, token_type="output")
-        assert set(a_series) == {frozenset({
-            ("server", A), ("model", "llama-a"), ("token_type", "output"), ("window", "1m"),
-            ("namespace", "llm"), ("pod", "vllm-a-5d8f7c9b6-x2x9q"), ("workload", "vllm-a"),
-            ("label_team", "search"), ("label_app_kubernetes_io_name", "vllm-a"),
-        })}
+        assert [dict(ls) for ls in a_series] == [{
+            "server": A, "model": "llama-a", "token_type": "output", "window": "1m",
+            "namespace": "llm", "pod": "vllm-a-5d8f7c9b6-x2x9q", "workload": "vllm-a",
+            "label_team": "search", "label_app_kubernetes_io_name": "vllm-a",
+        }]
         assert one(first, "tokenwatt_target_up", server="llm/chat-0", workload="chat", pod="chat-0") == 1.0
         assert one(first, "tokenwatt_target_up", namespace="batch", workload="nightly-eval") == 1.0
         gpus = {dict(ls)["server"]: dict(ls)["gpu"] for ls in series_of(first, "tokenwatt_server_gpu_info")}
@@ -144,8 +143,7 @@ async def test_pods_discovered_placed_scaled_and_deleted() -> None:
         assert not daemon.roster.departed
         check_against_truth(c, busy, after, A, 0)  # the remaining pod ran on, untouched
 
-        async with aiohttp.ClientSession() as session, session.get(c.metrics_url) as resp:
-            text = await resp.text()
+        text = await get_text(c.metrics_url)
     assert_promtool_accepts(text)
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import aiohttp
 from structlog.testing import capture_logs
 
-from tests.discovery.cluster import Cluster, Samples, cluster, one, series_of
+from tests.discovery.cluster import Cluster, cluster
 from tests.fakes.kube_api import DEPLOYMENTS, PODS, REPLICASETS, deployment, owner, replicaset
+from tests.helpers import Samples, one, series_of
 
 UP = "tokenwatt_discovery_up"
 ERRORS = "tokenwatt_discovery_errors_total"
@@ -145,6 +146,6 @@ async def test_pods_with_wrong_annotations_are_skipped_alone() -> None:
         fixed["metadata"]["annotations"]["tokenwatt.io/port"] = port
         c.api.put(PODS, fixed)
         after = await c.until(lambda f: "llm/bad-port-0" in scraped(f), "the fixed pod was not discovered")
-        assert set(series_of(after, "tokenwatt_discovery_rejected_pods")) == {
-            frozenset({("source", "kubernetes"), ("reason", "unknown_kind")})
-        }
+        assert [dict(ls) for ls in series_of(after, "tokenwatt_discovery_rejected_pods")] == [
+            {"source": "kubernetes", "reason": "unknown_kind"}
+        ]
