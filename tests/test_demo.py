@@ -47,25 +47,24 @@ def test_demo_serves_joules_per_token_and_stops_on_sigint() -> None:
     try:
         started = time.monotonic()
         first_page = None
-        while first_page is None and time.monotonic() - started < 5:
+        # Liveness bounds, generous for a loaded machine; not speed requirements.
+        while first_page is None and time.monotonic() - started < 30:
             first_page = fetch(url)
             time.sleep(0.1)
-        assert first_page is not None, "no /metrics within 5 s"
+        assert first_page is not None, "no /metrics within 30 s"
 
         jpt = None
-        while time.monotonic() - started < 20:
+        while time.monotonic() - started < 45:
             page = fetch(url)
             jpt = output_jpt_1m(page) if page else None
             if jpt is not None:
                 break
             time.sleep(0.5)
-        assert jpt is not None and math.isfinite(jpt) and jpt > 0, "no J/output token within 20 s"
+        assert jpt is not None and math.isfinite(jpt) and jpt > 0, "no J/output token within 45 s"
         assert fetch(f"http://127.0.0.1:{port}/readyz") == "ready\n"
 
         proc.send_signal(signal.SIGINT)
-        stopping = time.monotonic()
-        out, _ = proc.communicate(timeout=5)
-        assert time.monotonic() - stopping < 2.0
+        out, _ = proc.communicate(timeout=15)  # raises if SIGINT does not stop it
         assert proc.returncode == 0
     finally:
         if proc.poll() is None:
