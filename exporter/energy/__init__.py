@@ -75,7 +75,7 @@ class EnergySource(Protocol):
 
     @property
     def name(self) -> str:
-        """The value of the `source` label (`simulated`, `nvml`, ...)."""
+        """The value of the `source` label (`dcgm`, `nvml`, ...), its name in the registry."""
         ...
 
     @property
@@ -85,7 +85,7 @@ class EnergySource(Protocol):
 
     @property
     def reads_fresh(self) -> bool:
-        """True when every read asks the hardware now (NVML, AMD, simulated).
+        """True when every read asks the hardware now (NVML, AMD).
 
         The daemon then also reads right before and right after each scrape of a server, so the
         scrape's instant is bracketed by readings milliseconds apart. False where values refresh on

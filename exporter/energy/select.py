@@ -6,8 +6,8 @@ section. `SOURCES` lists them, one line each; it is the one list of what `energy
 the sections `energy:` may hold (`config_file.validate_config` checks both against it).
 `energy.source: auto` tries those marked `auto` in the order listed, and logs one line per source it
 did not use with the reason; when none works, `EnergySourceUnavailable` lists them all, and
-`tokenwatt run` prints that list and exits 2. A scraped dcgm-exporter and the simulated fleet are
-never guessed: they are chosen in the config.
+`tokenwatt run` prints that list and exits 2. A source not marked `auto` is never guessed: it is
+chosen in the config.
 """
 
 from __future__ import annotations
