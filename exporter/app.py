@@ -30,7 +30,7 @@ from exporter.config import Config, ConfigError, ServerConfig
 from exporter.config_file import load_config
 from exporter.discovery.roster import Roster
 from exporter.discovery.watcher import DiscoveredServer, watcher_of
-from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving
+from exporter.energy import ActivityReporting, EnergySource, MigReporting, RefreshObserving, gap_limit_s
 from exporter.exposition.collector import (
     DiscoveryHealth,
     DraHealth,
@@ -103,7 +103,7 @@ class Daemon:
         self.accountant = Accountant(
             [s.name for s in config.servers],
             config.windows,
-            config.energy.gap_limit_s,
+            gap_limit_s(config.energy, source),
             load_bands=LoadBands(tuple(config.load_bands)),
             split_window_s=config.energy_split.window,
             split_block_s=config.energy_split.block,

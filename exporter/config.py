@@ -15,7 +15,7 @@ import re
 import reprlib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -114,82 +114,36 @@ def _valid_host(host: str) -> bool:
 Listen = Annotated[str, BeforeValidator(validate_listen)]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A settings model: frozen, and a key it does not know is an error."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SimulatedConfig(_Strict):
-    gpus: int = Field(2, ge=1, le=64)
-    idle_watts: float = Field(70.0, ge=0)
-    joules_per_input_token: float = Field(0.04, ge=0)
-    joules_per_output_token: float = Field(0.6, ge=0)
-    gpu_model: str = "Simulated GPU"
+S = TypeVar("S", bound=Strict)
 
 
-def _dcgm_address(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"expected HOST:PORT such as localhost:5555 or a unix socket path, got {show(value)}"
-        )
-    if value.startswith(("/", "unix://")):
-        return value
-    host, colon, port = value.rpartition(":")
-    if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
-        raise ValueError(
-            f"{show(value)} is not HOST:PORT (port 1 to 65535) nor a unix socket path starting with /"
-        )
-    return value
+class EnergyConfig(Strict):
+    """`energy:`: the settings every source shares, and each source's own section kept as written.
 
+    Which names `source` allows and what a section holds belong to the sources (`exporter.energy`);
+    `config_file.validate_config` checks both against the registry, and a source reads its section
+    with `section`.
+    """
 
-class DcgmConfig(_Strict):
-    address: Annotated[str, BeforeValidator(_dcgm_address)] = "localhost:5555"
-    """nv-hostengine's HOST[:PORT] (default port 5555), or a unix socket path."""
-    embedded: bool = False
-    """Start DCGM inside tokenwatt instead of connecting to a host engine."""
-    bindings_path: str | None = None
-    """Directory holding pydcgm.py and friends, searched after sys.path."""
-    library_path: str | None = None
-    """Directory holding libdcgm.so.4, where it is not on the loader's search path."""
-    timeout: Duration = 5.0
+    model_config = ConfigDict(extra="allow", frozen=True)
 
-
-class DcgmExporterConfig(_Strict):
-    url: str = "http://localhost:9400/metrics"
-    timeout: Duration = 5.0
-    collect_interval: Duration = 30.0
-    """The exporter's own --collect-interval: how often its values change."""
-    node_name: str | None = None
-    """Keep only series whose Hostname label is this node (the exporter may serve several nodes)."""
-    max_page_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _check_url(cls, value: object) -> str:
-        return _url(value)
-
-
-EnergySourceName = Literal["auto", "dcgm", "nvml", "dcgm_exporter", "amd", "simulated"]
-
-
-class EnergyConfig(_Strict):
-    source: EnergySourceName = "auto"
+    source: str = "auto"
     interval: Duration = 1.0
     timeout: Duration = 5.0
     """Deadline of one read: a read that overruns it is a failed read (`reason="timeout"`)."""
     gap_limit: Duration | None = None
-    """Readings further apart than this do not bracket a token instant; default five intervals."""
-    dcgm: DcgmConfig = DcgmConfig()
-    dcgm_exporter: DcgmExporterConfig = DcgmExporterConfig()
-    simulated: SimulatedConfig = SimulatedConfig()
+    """Readings further apart than this do not bracket a token instant; the default depends on the
+    source (`exporter.energy.gap_limit_s`)."""
 
-    @property
-    def gap_limit_s(self) -> float:
-        if self.gap_limit is not None:
-            return self.gap_limit
-        if self.source == "dcgm_exporter":
-            # Its values move once per collect interval: two refreshes are normally that far apart.
-            return max(5 * self.interval, 2 * self.dcgm_exporter.collect_interval)
-        return 5 * self.interval
+    def section(self, name: str, model: type[S]) -> S:
+        """The `energy.<name>:` section as the source's settings model (its defaults where absent)."""
+        return model.model_validate((self.model_extra or {}).get(name, {}))
 
 
 def _gpu_selector(value: object) -> int | str:
@@ -208,14 +162,8 @@ GpuSelector = Annotated[int | str, BeforeValidator(_gpu_selector)]
 AUTO_KIND = "auto"
 """`servers[].kind` that has the kind detected from the server's first page."""
 GENERIC_KIND = "generic"
-"""`servers[].kind` of a server read through the families its `generic:` mapping names."""
-ServerKind = Literal[
-    "auto", "vllm", "sglang", "tgi", "llamacpp", "triton", "trtllm", "nim", "lmdeploy", "ray", "aphrodite",
-    "dynamo", "generic",
-]
-"""`auto`, `generic` and the kinds of `exporter.tokens.profiles.PROFILES` (a test keeps them in step)."""
-
-
+"""`servers[].kind` of a server read through the families its `generic:` mapping names; the other kinds
+are the profiles of `exporter.tokens.profiles`, where `config_file.validate_config` checks them."""
 def _server_name(value: object) -> str:
     if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value):
         raise ValueError(f"{show(value)} is not a server name: use 1-128 letters, digits and _ . : -")
@@ -235,6 +183,9 @@ def _url(value: object) -> str:
         raise ValueError(f"{show(value)} is not a URL: {allowed}")
     return value
 
+
+Url = Annotated[str, BeforeValidator(_url)]
+"""An http:// or https:// URL naming a host and, if any, a port from 1 to 65535."""
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -265,7 +216,7 @@ def _series_entry(value: object) -> object:
 LabelName = Annotated[str, BeforeValidator(_label_name)]
 
 
-class GenericSeriesConfig(_Strict):
+class GenericSeriesConfig(Strict):
     name: Annotated[str, BeforeValidator(_metric_name)]
     where: dict[LabelName, str] = Field(default_factory=dict)
     """Only samples carrying every one of these label values count."""
@@ -274,7 +225,7 @@ class GenericSeriesConfig(_Strict):
 GenericSeriesList = list[Annotated[GenericSeriesConfig, BeforeValidator(_series_entry)]]
 
 
-class GenericConfig(_Strict):
+class GenericConfig(Strict):
     """The families of a server tokenwatt has no profile for; each quantity is the sum of its series."""
 
     model_label: LabelName | None = None
@@ -306,10 +257,10 @@ def _resource_name(value: object) -> str:
     return value
 
 
-class ServerConfig(_Strict):
+class ServerConfig(Strict):
     name: Annotated[str, BeforeValidator(_server_name)]
-    url: Annotated[str, BeforeValidator(_url)]
-    kind: ServerKind = "auto"
+    url: Url
+    kind: str = AUTO_KIND
     gpus: list[GpuSelector] | None = None
     """Indices or UUIDs; None means every GPU the energy source sees."""
     interval: Duration = 1.0
@@ -344,7 +295,7 @@ class ServerConfig(_Strict):
         return self
 
 
-class KubeletConfig(_Strict):
+class KubeletConfig(Strict):
     socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     """The kubelet's pod-resources socket (mount its directory, not the file)."""
 
@@ -376,14 +327,14 @@ def _dra_driver(value: object) -> str:
     return value
 
 
-class DraConfig(_Strict):
+class DraConfig(Strict):
     enabled: bool = False
     """Place GPUs that pod-resources reports as DRA claims, through the driver's ResourceSlices."""
     driver: Annotated[str, BeforeValidator(_dra_driver)] = "gpu.nvidia.com"
     """The DRA driver whose claims are GPUs (NVIDIA's DRA driver for GPUs by default)."""
 
 
-class PlacementConfig(_Strict):
+class PlacementConfig(Strict):
     source: Literal["static", "kubelet"] = "static"
     """`static`: each server's gpus: (all GPUs without it); `kubelet`: the GPUs of each server's pod."""
     kubelet: KubeletConfig = KubeletConfig()
@@ -426,7 +377,7 @@ def _pod_label_key(value: object) -> str:
     return value
 
 
-class KubernetesDiscoveryConfig(_Strict):
+class KubernetesDiscoveryConfig(Strict):
     node_name: str = ""
     """This node's name; empty: the NODE_NAME environment variable (the Downward API's spec.nodeName)."""
     kubeconfig: Path | None = None
@@ -460,7 +411,7 @@ class KubernetesDiscoveryConfig(_Strict):
         return self
 
 
-class DiscoveryConfig(_Strict):
+class DiscoveryConfig(Strict):
     source: Literal["none", "kubernetes"] = "none"
     """`kubernetes`: scrape the annotated pods of this node, found through the Kubernetes API."""
     kubernetes: KubernetesDiscoveryConfig = KubernetesDiscoveryConfig()
@@ -471,25 +422,25 @@ class DiscoveryConfig(_Strict):
         return self.kubernetes.node_name or os.environ.get("NODE_NAME", "")
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     """`auto`: console on a terminal, JSON otherwise."""
 
 
-class PricingConfig(_Strict):
+class PricingConfig(Strict):
     price_per_kwh: float = Field(ge=0)
     """Price of one kWh at the facility meter, in `currency`."""
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     """ISO 4217 code, e.g. USD, EUR."""
 
 
-class CarbonConfig(_Strict):
+class CarbonConfig(Strict):
     grams_per_kwh: float = Field(ge=0)
     """Grid carbon intensity in gCO2e per kWh."""
 
 
-class EnergySplitConfig(_Strict):
+class EnergySplitConfig(Strict):
     window: Duration = 600.0
     """The recent intervals the prefill/decode/static fit is computed over."""
     block: Duration = 5.0
@@ -520,12 +471,12 @@ class Derived(StrEnum):
     """No windowed ratio: recording rules compute them all from the counters."""
 
 
-class ExpositionConfig(_Strict):
+class ExpositionConfig(Strict):
     derived: Derived = Derived.ALL
     """Which windowed ratios `/metrics` carries besides the counters; recording rules compute the rest."""
 
 
-class Config(_Strict):
+class Config(Strict):
     listen: Listen = DEFAULT_LISTEN
     web_config_file: Path | None = None
     """TLS and basic auth, exporter-toolkit format; relative to the config file's folder."""

@@ -8,7 +8,7 @@ seconds. The rows of one server that share a timestamp form one scrape.
 Readings and scrapes are fed to the same `Accountant` the daemon uses, in time order, settling
 after each as the daemon would, so a replay reproduces the live numbers; the results are the
 accountant's figures, and its ratio rule (`figures.per_token`) divides them. The gap limit is the
-daemon's default for the energy interval (`EnergyConfig.gap_limit_s`); the interval is taken as
+daemon's default for the energy interval (`exporter.energy.gap_limit_s`); the interval is taken as
 the 90th percentile of the spacing of the readings, because the daemon's extra readings around
 scrapes are milliseconds apart and would make a median far shorter than the periodic interval.
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 from exporter.accounting.book import Accountant
 from exporter.accounting.figures import ModelFigures, ServerFigures, per_token
 from exporter.config import EnergyConfig
+from exporter.energy import gap_limit_s
 from exporter.placement import Holding, Placement
 from exporter.values import Gpu, GpuSample, ModelTokens, TokenSample
 
@@ -190,7 +191,7 @@ def _gap_limit(energy: Sequence[GpuSample]) -> float:
         by_gpu[s.gpu.uuid].append(s.t)
     spacings = [_p90([b - a for a, b in pairwise(ts)]) for ts in by_gpu.values() if len(ts) > 1]
     # model_construct: the interval is a measured number of seconds, not a duration string to parse
-    return EnergyConfig.model_construct(interval=max(spacings)).gap_limit_s if spacings else math.inf
+    return gap_limit_s(EnergyConfig.model_construct(interval=max(spacings))) if spacings else math.inf
 
 
 def _p90(values: list[float]) -> float:

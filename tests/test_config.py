@@ -10,6 +10,7 @@ import pytest
 import exporter.config
 from exporter.config import ConfigError, parse_duration
 from exporter.config_file import load_config, validate_config
+from exporter.energy import gap_limit_s
 
 
 def test_the_settings_module_imports_nothing_else_of_tokenwatt() -> None:
@@ -51,7 +52,7 @@ windows: [30s, 5m]
     config = load_config(path)
     assert config.listen == "127.0.0.1:9900"
     assert config.energy.interval == 0.25
-    assert config.energy.gap_limit_s == 1.25
+    assert gap_limit_s(config.energy) == 1.25
     server = config.servers[0]
     assert (server.kind, server.interval, server.timeout) == ("auto", 2.0, 5.0)
     assert server.gpus == [0, "GPU-1234abcd-0000-0000-0000-000000000000"]

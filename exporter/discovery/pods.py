@@ -22,8 +22,8 @@ from lightkube.models.core_v1 import Container
 from lightkube.models.meta_v1 import OwnerReference
 from lightkube.resources.core_v1 import Pod
 
-from exporter.config import GENERIC_KIND, pod_label_name
-from exporter.tokens.profiles import PROFILES
+from exporter.config import AUTO_KIND, GENERIC_KIND, pod_label_name
+from exporter.tokens.profiles import KINDS
 from exporter.values import PodRef
 
 SCRAPE = "tokenwatt.io/scrape"
@@ -38,7 +38,7 @@ TEMPLATE_HASH = "pod-template-hash"
 """The label the Deployment controller gives a ReplicaSet's pods; the ReplicaSet is named DEPLOYMENT-HASH."""
 LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
 """The label LeaderWorkerSet gives all its pods (their owners are its StatefulSets)."""
-KINDS = ("auto", *PROFILES)
+ANNOTATED_KINDS = tuple(k for k in KINDS if k != GENERIC_KIND)
 """Kinds an annotation may name: `generic` needs families from the config, which a pod cannot give."""
 _PATH = re.compile(r"/[^\s?#]*")
 
@@ -109,10 +109,10 @@ def target_of(pod: Pod, require_annotation: bool, pod_labels: Sequence[str]) -> 
     scheme = annotations.get(SCHEME) or "http"
     if scheme not in ("http", "https"):
         raise PodRejected("bad_scheme", f"{SCHEME} {scheme!r} is neither http nor https")
-    kind = annotations.get(KIND) or "auto"
-    if kind not in KINDS:
+    kind = annotations.get(KIND) or AUTO_KIND
+    if kind not in ANNOTATED_KINDS:
         also = f" ({GENERIC_KIND} needs its families from the config)" if kind == GENERIC_KIND else ""
-        raise PodRejected("unknown_kind", f"{KIND} {kind!r} is not one of {', '.join(KINDS)}{also}")
+        raise PodRejected("unknown_kind", f"{KIND} {kind!r} is not one of {', '.join(ANNOTATED_KINDS)}{also}")
     host = f"[{status.podIP}]" if ":" in status.podIP else status.podIP  # an IPv6 address in brackets
     return PodTarget(
         pod=PodRef(meta.namespace, meta.name, meta.uid),

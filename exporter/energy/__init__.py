@@ -10,9 +10,11 @@ which `tokenwatt run` reports as one line per source tried and exit code 2.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
+from exporter.config import EnergyConfig, Strict
 from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
 
 D = TypeVar("D")
@@ -73,7 +75,7 @@ class EnergySource(Protocol):
 
     @property
     def name(self) -> str:
-        """The value of the `source` label (`simulated`, `nvml`, ...)."""
+        """The value of the `source` label (`dcgm`, `nvml`, ...), its name in the registry."""
         ...
 
     @property
@@ -83,7 +85,7 @@ class EnergySource(Protocol):
 
     @property
     def reads_fresh(self) -> bool:
-        """True when every read asks the hardware now (NVML, AMD, simulated).
+        """True when every read asks the hardware now (NVML, AMD).
 
         The daemon then also reads right before and right after each scrape of a server, so the
         scrape's instant is bracketed by readings milliseconds apart. False where values refresh on
@@ -113,6 +115,35 @@ class RefreshObserving(Protocol):
     def unchanged_s(self, now: float) -> tuple[tuple[Gpu, float], ...]:
         """Every GPU the source listed, from its first read, with how long its value has not changed."""
         ...
+
+    @property
+    def nominal_refresh_s(self) -> float:
+        """How often the values are meant to change, as configured (dcgm-exporter's collect interval)."""
+        ...
+
+
+def gap_limit_s(cfg: EnergyConfig, source: EnergySource | None = None) -> float:
+    """The longest stretch between two readings that still brackets an instant: `energy.gap_limit`;
+    by default five read intervals, and at least two refreshes of a source whose values change on
+    its own, slower schedule (two refreshes are normally that far apart)."""
+    if cfg.gap_limit is not None:
+        return cfg.gap_limit
+    refresh_s = source.nominal_refresh_s if isinstance(source, RefreshObserving) else 0.0
+    return max(5 * cfg.interval, 2 * refresh_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """How one energy source declares itself to the registry (`exporter.energy.select.SOURCES`)."""
+
+    name: str
+    """Its `energy.source` value and the `source` label of its series."""
+    open: Callable[[EnergyConfig], Awaitable[EnergySource]]
+    """Opens it from the energy settings alone; its own section it reads with `EnergyConfig.section`."""
+    auto: bool
+    """A library that reads this machine's GPUs: `auto` tries it, and opening it logs the GPUs found."""
+    settings: type[Strict] | None = None
+    """The model of its `energy.<name>:` section; None where it has no settings."""
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from exporter.config import EnergyConfig
-from exporter.energy import EnergySourceUnavailable, gpu_read_error, read_each
+from exporter.energy import EnergySourceUnavailable, Registered, gap_limit_s, gpu_read_error, read_each
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
 from exporter.values import EnergyMethod, Gpu, GpuSample
@@ -86,10 +86,10 @@ class AmdSource:
     async def open(cls, cfg: EnergyConfig, check_s: float = 0.5) -> AmdSource:
         """Initialise amdsmi, find the GPUs and check their counters over `check_s` seconds.
 
-        Power is integrated over steps up to `cfg.gap_limit_s` (see `PowerIntegral`).
+        Power is integrated over steps up to `gap_limit_s(cfg)` (see `PowerIntegral`).
         """
         amdsmi = import_amdsmi()
-        source = cls(amdsmi, cfg.gap_limit_s)
+        source = cls(amdsmi, gap_limit_s(cfg))
         try:
             await source._thread.call(source._start, check_s)
         except amdsmi.AmdSmiException as e:
@@ -184,3 +184,6 @@ class AmdSource:
         with contextlib.suppress(smi.AmdSmiException):
             await self._thread.call(smi.amdsmi_shut_down)
         self._thread.close()
+
+
+SOURCE = Registered(AmdSource.name, AmdSource.open, auto=True)

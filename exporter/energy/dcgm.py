@@ -32,18 +32,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
+from pydantic import BeforeValidator
 
 from exporter.backoff import backoff_s
-from exporter.config import DcgmConfig, EnergyConfig
-from exporter.energy import EnergyReadError, EnergySourceUnavailable, error_reason
+from exporter.config import Duration, EnergyConfig, Strict, show
+from exporter.energy import EnergyReadError, EnergySourceUnavailable, Registered, error_reason
 from exporter.energy.library_thread import LibraryThread
 from exporter.placement import MIG_SLICES_PER_GPU
 from exporter.values import Gpu, GpuActivity, GpuSample
 
 log = structlog.get_logger("tokenwatt.energy")
+
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"expected HOST:PORT such as localhost:5555 or a unix socket path, got {show(value)}"
+        )
+    if value.startswith(("/", "unix://")):
+        return value
+    host, colon, port = value.rpartition(":")
+    if colon and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(
+            f"{show(value)} is not HOST:PORT (port 1 to 65535) nor a unix socket path starting with /"
+        )
+    return value
+
+
+class DcgmSettings(Strict):
+    """`energy.dcgm:`: where the host engine is, and where DCGM's files are."""
+
+    address: Annotated[str, BeforeValidator(_address)] = "localhost:5555"
+    """nv-hostengine's HOST[:PORT] (default port 5555), or a unix socket path."""
+    embedded: bool = False
+    """Start DCGM inside tokenwatt instead of connecting to a host engine."""
+    bindings_path: str | None = None
+    """Directory holding pydcgm.py and friends, searched after sys.path."""
+    library_path: str | None = None
+    """Directory holding libdcgm.so.4, where it is not on the loader's search path."""
+    timeout: Duration = 5.0
+
 
 BINDINGS_DIRS = (
     Path("/usr/share/datacenter-gpu-manager-4/bindings/python3"),  # DCGM 4 packages
@@ -124,7 +156,7 @@ class DcgmSource:
     def __init__(
         self,
         bindings: Bindings,
-        cfg: DcgmConfig,
+        cfg: DcgmSettings,
         interval_s: float,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -147,9 +179,10 @@ class DcgmSource:
     async def open(
         cls, cfg: EnergyConfig, monotonic: Callable[[], float] = time.monotonic
     ) -> DcgmSource:
-        """Connect to `cfg.dcgm` and watch every `cfg.interval`; `EnergySourceUnavailable` says what
+        """Connect to `energy.dcgm` and watch every `cfg.interval`; `EnergySourceUnavailable` says what
         is missing and how to fix it."""
-        source = cls(find_bindings(cfg.dcgm.bindings_path), cfg.dcgm, cfg.interval, monotonic)
+        settings = cfg.section(cls.name, DcgmSettings)
+        source = cls(find_bindings(settings.bindings_path), settings, cfg.interval, monotonic)
         try:
             await source._thread.call(source._start)
         except source._b.structs.DCGMError as e:
@@ -359,3 +392,6 @@ class DcgmSource:
             await self._thread.call(self._shut, self._handle)
             self._handle = None
         self._thread.close()
+
+
+SOURCE = Registered(DcgmSource.name, DcgmSource.open, auto=True, settings=DcgmSettings)

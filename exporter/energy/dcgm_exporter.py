@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from pydantic import Field
 
-from exporter.config import DcgmExporterConfig, EnergyConfig
-from exporter.energy import EnergyReadError
+from exporter.config import Duration, EnergyConfig, Strict, Url
+from exporter.energy import EnergyReadError, Registered
 from exporter.energy.activity import instance_activity
 from exporter.pages.fetch import FetchError, fetch_page
 from exporter.pages.parser import ParseError, parse_samples
@@ -46,6 +47,18 @@ POWER_W_NAMES = (
 _WANTED = frozenset(ENERGY_MJ_NAMES + ENERGY_J_NAMES + POWER_W_NAMES)
 STALE_COLLECTS = 3
 """A page whose values have not changed for this many collect intervals is stale."""
+
+
+class DcgmExporterSettings(Strict):
+    """`energy.dcgm_exporter:`: the page to scrape and how often its values change."""
+
+    url: Url = "http://localhost:9400/metrics"
+    timeout: Duration = 5.0
+    collect_interval: Duration = 30.0
+    """The exporter's own --collect-interval: how often its values change."""
+    node_name: str | None = None
+    """Keep only series whose Hostname label is this node (the exporter may serve several nodes)."""
+    max_page_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +142,7 @@ class DcgmExporterSource:
 
     def __init__(
         self,
-        cfg: DcgmExporterConfig,
+        cfg: DcgmExporterSettings,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -142,12 +155,17 @@ class DcgmExporterSource:
 
     @classmethod
     async def open(cls, cfg: EnergyConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
-        """Scrape `cfg.dcgm_exporter`; its GPUs are known from the first page read."""
-        return cls(cfg.dcgm_exporter, aiohttp.ClientSession(auto_decompress=True), clock)
+        """Scrape `energy.dcgm_exporter`; its GPUs are known from the first page read."""
+        settings = cfg.section(cls.name, DcgmExporterSettings)
+        return cls(settings, aiohttp.ClientSession(auto_decompress=True), clock)
 
     @property
     def gpus(self) -> tuple[Gpu, ...]:
         return tuple(sorted((t.gpu for t in self._tracked.values()), key=lambda g: g.index))
+
+    @property
+    def nominal_refresh_s(self) -> float:
+        return self.cfg.collect_interval
 
     @property
     def refresh_period_s(self) -> float | None:
@@ -229,3 +247,8 @@ class DcgmExporterSource:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+SOURCE = Registered(
+    DcgmExporterSource.name, DcgmExporterSource.open, auto=False, settings=DcgmExporterSettings
+)

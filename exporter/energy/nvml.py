@@ -28,7 +28,15 @@ from typing import Any
 import structlog
 
 from exporter.config import EnergyConfig
-from exporter.energy import EnergyReadError, EnergySourceUnavailable, error_reason, gpu_read_error, read_each
+from exporter.energy import (
+    EnergyReadError,
+    EnergySourceUnavailable,
+    Registered,
+    error_reason,
+    gap_limit_s,
+    gpu_read_error,
+    read_each,
+)
 from exporter.energy.activity import PodActivity
 from exporter.energy.integration import PowerIntegral
 from exporter.energy.library_thread import LibraryThread
@@ -95,10 +103,10 @@ class NvmlSource:
     async def open(cls, cfg: EnergyConfig) -> NvmlSource:
         """Initialise NVML and find the GPUs; `EnergySourceUnavailable` says why it cannot be used.
 
-        Power is integrated over steps up to `cfg.gap_limit_s` (see `PowerIntegral`).
+        Power is integrated over steps up to `gap_limit_s(cfg)` (see `PowerIntegral`).
         """
         nvml = import_pynvml()
-        source = cls(nvml, LibraryThread("nvml"), cfg.gap_limit_s)
+        source = cls(nvml, LibraryThread("nvml"), gap_limit_s(cfg))
         try:
             await source._thread.call(source._start)
         except nvml.NVMLError as e:
@@ -256,3 +264,6 @@ class NvmlSource:
         with contextlib.suppress(nvml.NVMLError):
             await self._thread.call(nvml.nvmlShutdown)
         self._thread.close()
+
+
+SOURCE = Registered(NvmlSource.name, NvmlSource.open, auto=True)

@@ -1,48 +1,40 @@
 """The registry of energy sources, and opening the configured one.
 
-Each source is one module whose source class opens with `open(cfg: EnergyConfig)` and meets the
-`EnergySource` protocol; `SOURCES` lists them, one line each. `energy.source: auto` tries those
-marked `auto` in the order listed, and logs one line per source it did not use with the reason;
-when none works, `EnergySourceUnavailable` lists them all, and `tokenwatt run` prints that list
-and exits 2. A scraped dcgm-exporter and the simulated fleet are never guessed: they are chosen in
-the config. The names here are the values `energy.source` allows (a test keeps the two in step).
+Each source is one module that declares itself once, as `SOURCE = Registered(...)` (`exporter.energy`):
+its name, `open(cfg: EnergyConfig)`, whether `auto` may try it and the model of its `energy.<name>:`
+section. `SOURCES` lists them, one line each; it is the one list of what `energy.source` allows and of
+the sections `energy:` may hold (`config_file.validate_config` checks both against it).
+`energy.source: auto` tries those marked `auto` in the order listed, and logs one line per source it
+did not use with the reason; when none works, `EnergySourceUnavailable` lists them all, and
+`tokenwatt run` prints that list and exits 2. A source not marked `auto` is never guessed: it is
+chosen in the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
 import structlog
 
 from exporter.config import EnergyConfig
-from exporter.energy import EnergySource, EnergySourceUnavailable
-from exporter.energy.amd import AmdSource
-from exporter.energy.dcgm import DcgmSource
-from exporter.energy.dcgm_exporter import DcgmExporterSource
-from exporter.energy.nvml import NvmlSource
-from exporter.energy.simulated import SimulatedSource
+from exporter.energy import (
+    EnergySource,
+    EnergySourceUnavailable,
+    Registered,
+    amd,
+    dcgm,
+    dcgm_exporter,
+    nvml,
+    simulated,
+)
 from exporter.values import EnergyMethod
 
 log = structlog.get_logger("tokenwatt.energy")
 
-
-@dataclass(frozen=True, slots=True)
-class Registered:
-    """One energy source: its `energy.source` name and how it opens."""
-
-    name: str
-    open: Callable[[EnergyConfig], Awaitable[EnergySource]]
-    auto: bool
-    """A library that reads this machine's GPUs: `auto` tries it, and opening it logs the GPUs found."""
-
-
-SOURCES = (
-    Registered("dcgm", DcgmSource.open, auto=True),
-    Registered("nvml", NvmlSource.open, auto=True),
-    Registered("amd", AmdSource.open, auto=True),
-    Registered("dcgm_exporter", DcgmExporterSource.open, auto=False),
-    Registered("simulated", SimulatedSource.open, auto=False),
+SOURCES: tuple[Registered, ...] = (
+    dcgm.SOURCE,
+    nvml.SOURCE,
+    amd.SOURCE,
+    dcgm_exporter.SOURCE,
+    simulated.SOURCE,
 )
 AUTO_ORDER = tuple(s.name for s in SOURCES if s.auto)
 

@@ -19,9 +19,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from exporter.config import EnergyConfig
+from pydantic import Field
+
+from exporter.config import EnergyConfig, Strict
+from exporter.energy import Registered
 from exporter.placement import MIG_SLICES_PER_GPU, mig_profile_slices
 from exporter.values import Gpu, GpuActivity, GpuSample, MigDevice
+
+
+class SimulatedSettings(Strict):
+    """`energy.simulated:`: the simulated fleet."""
+
+    gpus: int = Field(2, ge=1, le=64)
+    idle_watts: float = Field(70.0, ge=0)
+    joules_per_input_token: float = Field(0.04, ge=0)
+    joules_per_output_token: float = Field(0.6, ge=0)
+    gpu_model: str = "Simulated GPU"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +273,7 @@ class SharedFleet:
 
 def simulated_fleet(cfg: EnergyConfig, schedule: LoadSchedule | None = None) -> SimulatedFleet:
     """The fleet `energy.simulated` describes; by default under `DEFAULT_PHASES` from now."""
-    sim = cfg.simulated
+    sim = cfg.section(SimulatedSource.name, SimulatedSettings)
     return SimulatedFleet(
         gpus=sim.gpus,
         schedule=schedule or LoadSchedule(DEFAULT_PHASES, start=time.time()),
@@ -308,3 +321,6 @@ class SimulatedSource:
 
     async def close(self) -> None:
         return None
+
+
+SOURCE = Registered(SimulatedSource.name, SimulatedSource.open, auto=False, settings=SimulatedSettings)

@@ -397,6 +397,9 @@ PROFILES: dict[str, ServerProfile] = {
     p.kind: p for p in (VLLM, SGLANG, TGI, LLAMACPP, TRITON, TRTLLM, NIM, LMDEPLOY, RAY, APHRODITE, DYNAMO)
 }
 """Every built-in server kind, by the name used in `servers[].kind`."""
+KINDS = (AUTO_KIND, *PROFILES, GENERIC_KIND)
+"""Every value `servers[].kind` allows: detected from the page, a built-in profile, or the config's
+`generic:` families. The `tokenwatt.io/kind` annotation allows all but `generic`."""
 
 
 def generic_profile(

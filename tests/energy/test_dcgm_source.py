@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from exporter.config import DcgmConfig, EnergyConfig
+from exporter.config import EnergyConfig
 from exporter.energy import EnergyReadError, EnergySourceUnavailable
-from exporter.energy.dcgm import DcgmSource, find_bindings
+from exporter.energy.dcgm import DcgmSettings, DcgmSource, find_bindings
 from tests.energy.conftest import DCGM_BINDINGS
 
 H100_0 = "GPU-0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
@@ -145,21 +145,21 @@ async def test_every_binding_call_runs_in_one_worker_thread(fake_dcgm: Any) -> N
     ("cfg", "connected", "call"),
     [
         (
-            DcgmConfig(address="/run/nvidia/nv-hostengine"),
+            DcgmSettings(address="/run/nvidia/nv-hostengine"),
             ["unix:///run/nvidia/nv-hostengine"],
             "dcgmConnect_v2",
         ),
-        (DcgmConfig(address="unix:///tmp/nv-hostengine"), ["unix:///tmp/nv-hostengine"], "dcgmConnect_v2"),
+        (DcgmSettings(address="unix:///tmp/nv-hostengine"), ["unix:///tmp/nv-hostengine"], "dcgmConnect_v2"),
         (
-            DcgmConfig(address="nvidia-dcgm.gpu-operator.svc:5555"),
+            DcgmSettings(address="nvidia-dcgm.gpu-operator.svc:5555"),
             ["nvidia-dcgm.gpu-operator.svc:5555"],
             "dcgmConnect_v2",
         ),
-        (DcgmConfig(embedded=True), [], "dcgmStartEmbedded"),
+        (DcgmSettings(embedded=True), [], "dcgmStartEmbedded"),
     ],
 )
 async def test_host_engine_address_or_embedded(
-    fake_dcgm: Any, cfg: DcgmConfig, connected: list[str], call: str
+    fake_dcgm: Any, cfg: DcgmSettings, connected: list[str], call: str
 ) -> None:
     two_gpus(fake_dcgm)
     source = await DcgmSource.open(EnergyConfig(dcgm=cfg))
@@ -202,7 +202,7 @@ async def test_start_up_failures_say_what_to_install_or_start(
 
 async def test_bindings_from_the_configured_path(dcgm_bindings_clean: None) -> None:
     assert str(DCGM_BINDINGS) not in sys.path
-    source_cfg = DcgmConfig(bindings_path=str(DCGM_BINDINGS))
+    source_cfg = DcgmSettings(bindings_path=str(DCGM_BINDINGS))
     found = find_bindings(source_cfg.bindings_path)
     assert Path(found.pydcgm.__file__ or "").parent == DCGM_BINDINGS
     engine = importlib.import_module("fake_hostengine").ENGINE

@@ -6,15 +6,15 @@ import asyncio
 import subprocess
 from pathlib import Path
 from types import ModuleType
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from exporter.app import Daemon
-from exporter.config import EnergyConfig, EnergySourceName
+from exporter.config import ConfigError, EnergyConfig
 from exporter.config_file import validate_config
-from exporter.energy import EnergySource, EnergySourceUnavailable
+from exporter.energy import EnergySource, EnergySourceUnavailable, Registered
 from exporter.energy.select import AUTO_ORDER, SOURCES, open_source
 from tests.energy.dcgm_exporter_server import ExporterGpu, FakeDcgmExporter
 from tests.helpers import get_text, run_cli, samples
@@ -23,9 +23,43 @@ GPU_A = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141516"
 GPU_B = "GPU-3a0c6e1f-2b4d-4c8e-9f10-111213141517"
 
 
-def test_the_config_allows_exactly_the_registered_sources() -> None:
-    assert sorted(get_args(EnergySourceName)) == sorted(["auto", *(s.name for s in SOURCES)])
+def test_auto_tries_the_gpu_libraries_in_the_registry_order() -> None:
     assert AUTO_ORDER == ("dcgm", "nvml", "amd")
+
+
+@pytest.mark.parametrize("entry", SOURCES, ids=lambda entry: entry.name)
+def test_the_config_takes_each_registered_source_and_its_section(entry: Registered) -> None:
+    sections = {entry.name: {}} if entry.settings else {}
+    config = validate_config({"energy": {"source": entry.name, **sections}})
+    assert config.energy.source == entry.name
+    if entry.settings:
+        assert config.energy.section(entry.name, entry.settings) == entry.settings()
+    # A section that spells out the defaults is no change (a reload compares configs).
+    assert config == validate_config({"energy": {"source": entry.name}})
+
+
+def test_an_unregistered_source_or_section_is_refused_with_what_is_allowed() -> None:
+    with pytest.raises(ConfigError) as refused:
+        validate_config(
+            {
+                "energy": {
+                    "source": "gpu-magic",
+                    "nvml": {},  # a registered source without settings has no section
+                    "dcgm": {"adress": "localhost:5555"},
+                    "simulated": {"gpus": 0},
+                    "dcgm_exporter": {"url": "http://127.0.0.1:0/metrics"},
+                }
+            }
+        )
+    assert refused.value.problems == [
+        "energy.source: 'gpu-magic' is not allowed; input should be 'auto', 'dcgm', 'nvml', 'amd', "
+        "'dcgm_exporter' or 'simulated'",
+        "energy.nvml: unknown key (check its spelling and its place in the file)",
+        "energy.dcgm.adress: unknown key (check its spelling and its place in the file)",
+        "energy.simulated.gpus: Input should be greater than or equal to 1 (got 0)",
+        "energy.dcgm_exporter.url: 'http://127.0.0.1:0/metrics' is not a URL: it must start with http:// or "
+        "https://, name a host and, if any, a port from 1 to 65535",
+    ]
 
 
 async def test_every_registered_source_opens_from_the_config_alone(
@@ -36,19 +70,40 @@ async def test_every_registered_source_opens_from_the_config_alone(
     fake_dcgm.gpus = [fake_hostengine.FakeGpu(GPU_A, energy_mj=7_000)]
     fake_nvml.DRIVER.gpus = [fake_nvml.FakeGpu(GPU_A, energy_mj=7_000)]
     fake_amdsmi.SMI.gpus = [fake_amdsmi.FakeGpu(GPU_A)]
-    simulated = EnergyConfig.model_validate({"simulated": {"gpus": 1}}).simulated
     opened = {}
     for entry in SOURCES:
-        source: EnergySource = await open_source(EnergyConfig(source=entry.name, simulated=simulated))
+        config = validate_config({"energy": {"source": entry.name, "simulated": {"gpus": 1}}})
+        source: EnergySource = await open_source(config.energy)
         opened[entry.name] = (source.name, [g.uuid for g in source.gpus])
         await source.close()
     assert opened == {
         "dcgm": ("dcgm", [GPU_A]),
         "nvml": ("nvml", [GPU_A]),
         "amd": ("amd", [GPU_A]),
-        "dcgm_exporter": ("dcgm_exporter", []),  # its GPUs are known from the first page it reads
+        "dcgm_exporter": ("dcgm_exporter", []),  # its GPUs are known from the first page read
         "simulated": ("simulated", ["GPU-00000000-0000-4000-8000-000000000000"]),
     }
+
+
+@pytest.mark.parametrize(
+    ("energy", "limit_s"),
+    [
+        ({"source": "dcgm_exporter", "interval": "1s"}, 60.0),  # two of its 30 s collect intervals
+        ({"source": "dcgm_exporter", "interval": "20s"}, 100.0),  # five intervals
+        ({"source": "dcgm_exporter", "interval": "1s", "dcgm_exporter": {"collect_interval": "2s"}}, 5.0),
+        ({"source": "dcgm_exporter", "interval": "1s", "gap_limit": "7s"}, 7.0),
+        ({"source": "simulated", "interval": "1s", "dcgm_exporter": {"collect_interval": "30s"}}, 5.0),
+    ],
+)
+async def test_the_daemons_gap_limit_is_five_intervals_or_two_refreshes_of_the_source(
+    energy: dict[str, Any], limit_s: float
+) -> None:
+    config = validate_config({"energy": energy})
+    source = await open_source(config.energy)
+    try:
+        assert Daemon(config, source).accountant.gap_limit_s == limit_s
+    finally:
+        await source.close()
 
 
 def no_nvidia_gpu_here() -> bool:

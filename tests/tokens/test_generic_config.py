@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 import pytest
+from lightkube.resources.core_v1 import Pod
 
-from exporter.config import AUTO_KIND, GENERIC_KIND, ConfigError, ServerKind
+from exporter.config import GENERIC_KIND, ConfigError
 from exporter.config_file import validate_config
+from exporter.discovery.pods import PodRejected, target_of
 from exporter.tokens.profiles import PROFILES, ServerProfile, server_profile
 from exporter.tokens.scraper import read_page
 from exporter.values import ModelTokens
+from tests.fakes.kube_api import PODS, FakeKubeApi, pod
 
 
 def server(**fields: Any) -> dict[str, Any]:
@@ -23,9 +26,25 @@ def problems(**fields: Any) -> list[str]:
     return e.value.problems
 
 
-def test_the_config_accepts_every_profile_kind_and_nothing_else() -> None:
-    assert sorted(get_args(ServerKind)) == sorted([AUTO_KIND, GENERIC_KIND, *PROFILES])
-    assert problems(kind="mystery")[0].startswith("servers[0].kind: 'mystery' is not allowed")
+def test_an_unknown_kind_is_refused_with_every_kind_allowed() -> None:
+    assert problems(kind="mystery") == [
+        "servers[0].kind: 'mystery' is not allowed; input should be 'auto', 'vllm', 'sglang', 'tgi', "
+        "'llamacpp', 'triton', 'trtllm', 'nim', 'lmdeploy', 'ray', 'aphrodite', 'dynamo' or 'generic'"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["auto", *PROFILES, "mystery"])
+def test_a_pod_annotation_names_a_kind_the_config_would_take(kind: str) -> None:
+    annotations = {"tokenwatt.io/scrape": "true", "tokenwatt.io/port": "8000", "tokenwatt.io/kind": kind}
+    found = FakeKubeApi().put(PODS, pod("llm", "server-0", "node-1", annotations=annotations))
+    try:
+        target = target_of(Pod.from_dict(found), True, [])
+    except PodRejected as e:
+        assert (e.reason, kind) == ("unknown_kind", "mystery")
+        assert problems(kind=kind)[0].startswith("servers[0].kind: 'mystery' is not allowed")
+    else:
+        assert target is not None and target.kind == kind
+        assert validate_config(server(kind=kind)).servers[0].kind == kind
 
 
 def test_the_tokens_layer_resolves_each_kind_to_its_profile() -> None:
