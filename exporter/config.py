@@ -164,6 +164,8 @@ AUTO_KIND = "auto"
 GENERIC_KIND = "generic"
 """`servers[].kind` of a server read through the families its `generic:` mapping names; the other kinds
 are the profiles of `exporter.tokens.profiles`, where `config_file.validate_config` checks them."""
+
+
 def _server_name(value: object) -> str:
     if not isinstance(value, str) or not _SERVER_NAME.fullmatch(value):
         raise ValueError(f"{show(value)} is not a server name: use 1-128 letters, digits and _ . : -")
