@@ -11,8 +11,8 @@ Attribute names may also be qualified with the driver's domain (`gpu.nvidia.com/
 (`resource.k8s.io/v1` first; a cluster that answers 404 for v1 is asked for `v1beta1`, where a
 device's attributes sit under `basic:`), then watches from the list's resource version, relisting
 when the watch expires (410 Gone). Only the newest generation of each pool counts, as the API asks.
-Failures (API down, 403, a deadline) are a state (`SourceHealth`: a log line when it changes, an
-error counter) and a back-off; the last good view stays in force meanwhile.
+Failures (API down, 403, a deadline) are a state (`PlacementSourceState`: a log line when it
+changes, an error counter) and a back-off; the last good view stays in force meanwhile.
 
 `resolve_claims` turns a pod's claim devices into device IDs the `DeviceResolver` knows: a GPU's
 UUID, or a MIG device's UUID (with a `MigDevice` built from the slice, for energy sources that do
@@ -37,7 +37,7 @@ from lightkube.resources import resource_v1, resource_v1beta1
 from exporter.config import Config
 from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
 from exporter.placement import mig_profile_slices
-from exporter.placement.health import SourceHealth
+from exporter.placement.health import PlacementSourceState
 from exporter.values import MigDevice, PodRef
 
 log = structlog.get_logger("tokenwatt.placement")
@@ -194,7 +194,7 @@ class ResourceSliceWatcher:
         """The latest good view: kept while the API fails."""
         self.api_version: str | None = None
         """The `resource.k8s.io` version the API serves slices in; None until a list succeeded."""
-        self.health = SourceHealth("dra")
+        self.health = PlacementSourceState("dra")
         self.unresolved: frozenset[tuple[str, ClaimDevice]] = frozenset()
         """(Server, claim device) pairs no slice names, as of the latest placement."""
         self._connect = connect

@@ -14,7 +14,7 @@ import structlog
 log = structlog.get_logger("tokenwatt.placement")
 
 
-class SourceHealth:
+class PlacementSourceState:
     """Up, why not, failures in a row and errors by reason of one placement source."""
 
     def __init__(self, source: str) -> None:

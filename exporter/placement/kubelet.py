@@ -7,9 +7,9 @@ by namespace and name. Every call opens its own connection, so a kubelet restart
 the socket (a new inode) is followed at the next call, and has a deadline.
 
 `KubeletRefresher` owns the state: the last good allocation (kept in force while the kubelet
-fails) and the kubelet's `SourceHealth` (up, failures by reason, one log line per state change).
-Its loop belongs to the daemon: `poll_once()`, then `wait()` for the interval or a `wake()` (a
-server restarted).
+fails) and the kubelet's `PlacementSourceState` (up, failures by reason, one log line per state
+change). Its loop belongs to the daemon: `poll_once()`, then `wait()` for the interval or a
+`wake()` (a server restarted).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import structlog
 from exporter.config import Config, ServerConfig
 from exporter.placement import Placement, Unmatched, place_static
 from exporter.placement.dra import ClaimDevice
-from exporter.placement.health import SourceHealth
+from exporter.placement.health import PlacementSourceState
 from exporter.placement.podresources.api_pb2 import (
     GetPodResourcesRequest,
     GetPodResourcesResponse,
@@ -184,7 +184,7 @@ class KubeletRefresher:
         """Server name -> device IDs of its pod, as of the latest good answer (empty before one)."""
         self.claims: dict[str, frozenset[ClaimDevice]] = {}
         """Server name -> DRA claim devices of its pod, as of the latest good answer."""
-        self.health = SourceHealth("kubelet")
+        self.health = PlacementSourceState("kubelet")
         """The kubelet's state; its errors count Get refusals too, once each."""
         self._wake = asyncio.Event()
         self._inode: int | None = None
