@@ -34,6 +34,7 @@ from lightkube.core.resource import GlobalResource
 from lightkube.models import resource_v1beta1 as models_v1beta1
 from lightkube.resources import resource_v1, resource_v1beta1
 
+from exporter.backoff import backoff_s
 from exporter.config import Config
 from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
 from exporter.placement import mig_profile_slices
@@ -49,8 +50,7 @@ REQUEST_TIMEOUT_S = 10.0
 WATCH_WINDOW_S = 60
 """A watch is closed and reopened from its resource version after this long (one poll)."""
 RETRY_S = 1.0
-"""The first wait after a failure; it doubles with each failure in a row, up to `MAX_RETRY_S`."""
-MAX_RETRY_S = 30.0
+"""The first wait after a failure; it doubles with each failure in a row, up to the pollers' cap."""
 MAX_SLICES = 512
 """Slices kept; the driver publishes one per node and pool, so more means a selector that did not hold."""
 MAX_DEVICES_PER_SLICE = 128
@@ -210,7 +210,7 @@ class ResourceSliceWatcher:
 
     def next_delay_s(self) -> float:
         failures = self.health.failures
-        return min(RETRY_S * 2.0 ** min(failures - 1, 16), MAX_RETRY_S) if failures else 0.0
+        return backoff_s(RETRY_S, failures - 1) if failures else 0.0
 
     def crashed(self) -> None:
         self.health.crashed()
