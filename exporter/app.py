@@ -190,7 +190,8 @@ class Daemon:
             auth_refused=self.auth.refused,
             placement=(
                 PlacementHealth(
-                    bool(k.up) and self.supervisor.healthy(k.component), tuple(sorted(k.errors.items()))
+                    bool(k.health.up) and self.supervisor.healthy(k.component),
+                    tuple(sorted(k.health.errors.items())),
                 )
                 if (k := self.kubelet)
                 else None
@@ -208,8 +209,8 @@ class Daemon:
             ),
             dra=(
                 DraHealth(
-                    bool(r.up) and self.supervisor.healthy(r.component),
-                    tuple(sorted(r.errors.items())),
+                    bool(r.health.up) and self.supervisor.healthy(r.component),
+                    tuple(sorted(r.health.errors.items())),
                     len(r.view),
                     len(r.unresolved),
                 )

@@ -9,14 +9,15 @@ nothing, an idle one adds to the idle sums too and belongs to no band.
 Sums are held as integers in billionths (nanojoules, nanoseconds, billionths of a token): taking
 away an interval subtracts exactly what adding it added, so running sums never drift, however
 long they run, and a window that emptied reads exactly zero. Rounding each value to a billionth
-changes a figure by at most a billionth of a unit per interval.
+changes a figure by at most a billionth of a unit per interval. A figure is read in its unit
+through `Scaled`.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, overload
 
 if TYPE_CHECKING:  # the ledger keeps its totals here: a runtime import would be circular
     from exporter.accounting.ledger import Interval
@@ -32,30 +33,40 @@ def fixed(value: float) -> int:
     return round(value * SCALE)
 
 
+class Scaled:
+    """A figure in its unit, read from the sum in billionths that the attribute `name` holds."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Scaled: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> float: ...
+
+    def __get__(self, instance: object, owner: type | None = None) -> Scaled | float:
+        if instance is None:
+            return self
+        total: int = getattr(instance, self.name)
+        return total / SCALE
+
+
 class Sums:
     """Energy and tokens of one model (or one model's band) over a set of measured intervals."""
 
     __slots__ = ("_energy", "_idle_energy", "_input", "_output", "intervals")
 
+    energy_j = Scaled("_energy")
+    idle_energy_j = Scaled("_idle_energy")
+    input_tokens = Scaled("_input")
+    output_tokens = Scaled("_output")
+
     def __init__(self) -> None:
         self._energy = self._idle_energy = self._input = self._output = 0
         self.intervals = 0
-
-    @property
-    def energy_j(self) -> float:
-        return self._energy / SCALE
-
-    @property
-    def idle_energy_j(self) -> float:
-        return self._idle_energy / SCALE
-
-    @property
-    def input_tokens(self) -> float:
-        return self._input / SCALE
-
-    @property
-    def output_tokens(self) -> float:
-        return self._output / SCALE
 
     def add(self, energy: int, inputs: int, outputs: int, idle: bool, sign: int) -> None:
         self.intervals += sign
@@ -71,27 +82,16 @@ class Totals:
 
     __slots__ = ("_energy", "_idle_energy", "_idle_time", "_time", "bands", "intervals", "models")
 
+    energy_j = Scaled("_energy")
+    measured_s = Scaled("_time")
+    idle_energy_j = Scaled("_idle_energy")
+    idle_s = Scaled("_idle_time")
+
     def __init__(self) -> None:
         self._energy = self._time = self._idle_energy = self._idle_time = 0
         self.intervals = 0
         self.models: dict[str | None, Sums] = {}
         self.bands: dict[tuple[str | None, str], Sums] = {}
-
-    @property
-    def energy_j(self) -> float:
-        return self._energy / SCALE
-
-    @property
-    def measured_s(self) -> float:
-        return self._time / SCALE
-
-    @property
-    def idle_energy_j(self) -> float:
-        return self._idle_energy / SCALE
-
-    @property
-    def idle_s(self) -> float:
-        return self._idle_time / SCALE
 
     def add(self, interval: Interval, band_of: BandOf, sign: int = 1) -> None:
         """Add (`sign` 1) or take away (`sign` -1) one interval; an unmeasured one counts for nothing."""

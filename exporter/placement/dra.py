@@ -11,8 +11,8 @@ Attribute names may also be qualified with the driver's domain (`gpu.nvidia.com/
 (`resource.k8s.io/v1` first; a cluster that answers 404 for v1 is asked for `v1beta1`, where a
 device's attributes sit under `basic:`), then watches from the list's resource version, relisting
 when the watch expires (410 Gone). Only the newest generation of each pool counts, as the API asks.
-Failures (API down, 403, a deadline) are a state, a log line when it changes, an error counter and
-a back-off; the last good view stays in force meanwhile.
+Failures (API down, 403, a deadline) are a state (`PlacementSourceState`: a log line when it
+changes, an error counter) and a back-off; the last good view stays in force meanwhile.
 
 `resolve_claims` turns a pod's claim devices into device IDs the `DeviceResolver` knows: a GPU's
 UUID, or a MIG device's UUID (with a `MigDevice` built from the slice, for energy sources that do
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,9 +34,11 @@ from lightkube.core.resource import GlobalResource
 from lightkube.models import resource_v1beta1 as models_v1beta1
 from lightkube.resources import resource_v1, resource_v1beta1
 
+from exporter.backoff import backoff_s
 from exporter.config import Config
 from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
 from exporter.placement import mig_profile_slices
+from exporter.placement.health import PlacementSourceState
 from exporter.values import MigDevice, PodRef
 
 log = structlog.get_logger("tokenwatt.placement")
@@ -49,8 +50,7 @@ REQUEST_TIMEOUT_S = 10.0
 WATCH_WINDOW_S = 60
 """A watch is closed and reopened from its resource version after this long (one poll)."""
 RETRY_S = 1.0
-"""The first wait after a failure; it doubles with each failure in a row, up to `MAX_RETRY_S`."""
-MAX_RETRY_S = 30.0
+"""The first wait after a failure; it doubles with each failure in a row, up to the pollers' cap."""
 MAX_SLICES = 512
 """Slices kept; the driver publishes one per node and pool, so more means a selector that did not hold."""
 MAX_DEVICES_PER_SLICE = 128
@@ -194,10 +194,7 @@ class ResourceSliceWatcher:
         """The latest good view: kept while the API fails."""
         self.api_version: str | None = None
         """The `resource.k8s.io` version the API serves slices in; None until a list succeeded."""
-        self.up: bool | None = None
-        self.reason: str | None = None
-        self.failures = 0
-        self.errors: Counter[str] = Counter()
+        self.health = PlacementSourceState("dra")
         self.unresolved: frozenset[tuple[str, ClaimDevice]] = frozenset()
         """(Server, claim device) pairs no slice names, as of the latest placement."""
         self._connect = connect
@@ -212,10 +209,12 @@ class ResourceSliceWatcher:
         return WATCH_WINDOW_S + REQUEST_TIMEOUT_S
 
     def next_delay_s(self) -> float:
-        return min(RETRY_S * 2.0 ** min(self.failures - 1, 16), MAX_RETRY_S) if self.failures else 0.0
+        failures = self.health.failures
+        return backoff_s(RETRY_S, failures - 1) if failures else 0.0
 
     def crashed(self) -> None:
-        self._fail("unexpected", "the poll raised an unexpected error (see the log)")
+        self.health.crashed()
+        self._resource_version = None
 
     async def poll_once(self) -> None:
         """List (the first time, and after a watch expired), else watch for one window."""
@@ -247,7 +246,7 @@ class ResourceSliceWatcher:
         if self.api_version != version:
             log.info("reading ResourceSlices", api_version=f"resource.k8s.io/{version}", driver=self.driver)
         self.api_version = version
-        self._succeeded()
+        self.health.succeeded(driver=self.driver, node=self.node_name)
         self._apply(slices)
 
     async def _watch(self, client: AsyncClient) -> None:
@@ -275,7 +274,7 @@ class ResourceSliceWatcher:
                         self._keep(slices, item)
                     if item.metadata is not None and item.metadata.resourceVersion:
                         self._resource_version = item.metadata.resourceVersion
-                    self._succeeded()
+                    self.health.succeeded(driver=self.driver, node=self.node_name)
                     self._apply(slices)
 
     def _keep(self, slices: dict[str, PublishedSlice], item: GlobalResource) -> None:
@@ -286,7 +285,7 @@ class ResourceSliceWatcher:
             if not self._full_logged:
                 log.warning("too many ResourceSlices: ignoring the rest", kept=MAX_SLICES, driver=self.driver)
                 self._full_logged = True
-            self.errors["too_many_slices"] += 1
+            self.health.errors["too_many_slices"] += 1
             return
         slices[name] = published(item)
 
@@ -300,11 +299,6 @@ class ResourceSliceWatcher:
     def _selector(self) -> FieldSelector:
         return {"spec.driver": self.driver, "spec.nodeName": self.node_name}
 
-    def _succeeded(self) -> None:
-        if self.up is not True:
-            log.info("placement up", source="dra", driver=self.driver, node=self.node_name)
-        self.up, self.reason, self.failures = True, None, 0
-
     def _api_error(self, e: KubeError) -> None:
         if e.code == 404 and len(self._versions) > 1 and self._resource_version is None:
             gone = self._versions.pop(0)
@@ -312,19 +306,13 @@ class ResourceSliceWatcher:
             return
         if e.code == 410:
             log.info("ResourceSlice watch expired (410 Gone): listing again", driver=self.driver)
-            self.errors["expired"] += 1
+            self.health.errors["expired"] += 1
             self._resource_version = None
             return
         self._fail(e.reason, str(e))
 
     def _fail(self, reason: str, message: str) -> None:
-        self.failures += 1
-        self.errors[reason] += 1
-        if self.up is not False or self.reason != reason:
-            log.warning(
-                "placement down, keeping the last placement", source="dra", reason=reason, error=message
-            )
-        self.up, self.reason = False, reason
+        self.health.failed(reason, message)
         self._resource_version = None  # list again once the API answers
 
     def resolve(
@@ -351,7 +339,7 @@ class ResourceSliceWatcher:
                 server=server,
                 pod=f"{pod.namespace}/{pod.name}" if pod else None,
                 device=str(device),
-                slices_up=self.up,
+                slices_up=self.health.up,
             )
         self.unresolved = unresolved
         return merged, (*migs, *added)

@@ -7,15 +7,15 @@ by namespace and name. Every call opens its own connection, so a kubelet restart
 the socket (a new inode) is followed at the next call, and has a deadline.
 
 `KubeletRefresher` owns the state: the last good allocation (kept in force while the kubelet
-fails), `up`, failures by reason, one log line per state change. Its loop belongs to the daemon:
-`poll_once()`, then `wait()` for the interval or a `wake()` (a server restarted).
+fails) and the kubelet's `PlacementSourceState` (up, failures by reason, one log line per state
+change). Its loop belongs to the daemon: `poll_once()`, then `wait()` for the interval or a
+`wake()` (a server restarted).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import structlog
 from exporter.config import Config, ServerConfig
 from exporter.placement import Placement, Unmatched, place_static
 from exporter.placement.dra import ClaimDevice
+from exporter.placement.health import PlacementSourceState
 from exporter.placement.podresources.api_pb2 import (
     GetPodResourcesRequest,
     GetPodResourcesResponse,
@@ -183,12 +184,8 @@ class KubeletRefresher:
         """Server name -> device IDs of its pod, as of the latest good answer (empty before one)."""
         self.claims: dict[str, frozenset[ClaimDevice]] = {}
         """Server name -> DRA claim devices of its pod, as of the latest good answer."""
-        self.up: bool | None = None
-        self.reason: str | None = None
-        """Why the latest poll failed; None when it succeeded."""
-        self.failures = 0
-        """Consecutive failed polls."""
-        self.errors: Counter[str] = Counter()
+        self.health = PlacementSourceState("kubelet")
+        """The kubelet's state; its errors count Get refusals too, once each."""
         self._wake = asyncio.Event()
         self._inode: int | None = None
         self._get_refused: str | None = None
@@ -213,7 +210,7 @@ class KubeletRefresher:
             self._on_change()
 
     def crashed(self) -> None:
-        self._fail("unexpected", "the poll raised an unexpected error (see the log)")
+        self.health.crashed()
 
     async def refresh(self) -> bool:
         """Ask the kubelet once; True when a server's devices changed. Never raises a kubelet failure."""
@@ -225,13 +222,11 @@ class KubeletRefresher:
             found = await self.client.devices(list(by_pod))
         except KubeletError as e:
             self._note_refusal()
-            self._fail(e.reason, str(e))
+            self.health.failed(e.reason, str(e))
             return False
         self._note_refusal()
         self._note_socket()
-        if self.up is not True:
-            log.info("placement up", source="kubelet", socket=str(self.client.socket), pods=len(by_pod))
-        self.up, self.reason, self.failures = True, None, 0
+        self.health.succeeded(socket=str(self.client.socket), pods=len(by_pod))
         missing = frozenset(s for pod, servers in by_pod.items() if not found[pod] for s in servers)
         for server in sorted(missing - self._missing):
             pod = pods[server]
@@ -261,19 +256,10 @@ class KubeletRefresher:
             await asyncio.wait_for(self._wake.wait(), max(0.0, self.interval_s - MIN_WAKE_GAP_S))
         self._wake.clear()
 
-    def _fail(self, reason: str, message: str) -> None:
-        self.failures += 1
-        self.errors[reason] += 1
-        if self.up is not False or self.reason != reason:
-            log.warning(
-                "placement down, keeping the last placement", source="kubelet", reason=reason, error=message
-            )
-        self.up, self.reason = False, reason
-
     def _note_refusal(self) -> None:
         refused = self.client.get_refused
         if refused is not None and refused != self._get_refused:
-            self.errors[refused] += 1
+            self.health.errors[refused] += 1
             log.info("kubelet refuses Get, using List", reason=refused)
         self._get_refused = refused
 

@@ -83,7 +83,7 @@ async def test_lists_this_nodes_slices_of_the_driver_then_watches(api: tuple[Fak
     try:
         with capture_logs() as logs:
             await w.poll_once()
-        assert (w.up, w.api_version, len(w.view), changes) == (True, "v1", 2, [2])
+        assert (w.health.up, w.api_version, len(w.view), changes) == (True, "v1", 2, [2])
         assert w.view.find(NODE, "gpu-0") == SliceDevice(G0.uuid, index=0)
         assert w.view.find(NODE, M0.name) == SliceDevice(M0.uuid, G1.uuid, "3g.71gb", 0)
         assert [e["event"] for e in logs][:2] == ["reading ResourceSlices", "placement up"]
@@ -103,7 +103,7 @@ async def test_lists_this_nodes_slices_of_the_driver_then_watches(api: tuple[Fak
         fake.delete(RESOURCESLICES, f"{NODE}-{DRIVER}-x7k2p")
         await until(lambda: len(w.view) == 0, "the watch did not see the slice go")
         assert changes == [2, 1, 2, 0]  # another node's slice changed nothing
-        assert fake.requests[-1].verb == "watch" and w.up is True
+        assert fake.requests[-1].verb == "watch" and w.health.up is True
         watching.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watching
@@ -119,9 +119,9 @@ async def test_falls_back_to_v1beta1_where_v1_is_not_served(tmp_path: Path) -> N
     try:
         with capture_logs() as logs:
             await w.poll_once()  # v1: 404
-            assert w.up is None and w.next_delay_s() == 0.0  # no failure: the next version at once
+            assert w.health.up is None and w.next_delay_s() == 0.0  # no failure: the next version at once
             await w.poll_once()
-        assert (w.up, w.api_version, len(w.view), dict(w.errors)) == (True, "v1beta1", 2, {})
+        assert (w.health.up, w.api_version, len(w.view), dict(w.health.errors)) == (True, "v1beta1", 2, {})
         assert w.view.find(NODE, M0.name) == SliceDevice(M0.uuid, G1.uuid, "3g.71gb", 0)
         assert [r.code for r in fake.requests] == [404, 200]
         assert logs[0]["event"] == "resource.k8s.io version not served, trying the next"
@@ -139,17 +139,43 @@ async def test_forbidden_is_a_state_until_the_permission_comes(api: tuple[FakeKu
         with capture_logs() as logs:
             for _ in range(3):
                 await w.poll_once()
-            assert (w.up, w.reason, w.failures, dict(w.errors)) == (False, "forbidden", 3, {"forbidden": 3})
+            health = w.health
+            assert (health.up, health.reason, health.failures, dict(health.errors)) == (
+                False,
+                "forbidden",
+                3,
+                {"forbidden": 3},
+            )
             assert w.next_delay_s() == 4.0  # backing off: 1s, 2s, 4s
             assert len(w.view) == 0
             fake.grant(TOKEN, READ_SLICES)
             await w.poll_once()
-        assert (w.up, w.reason, w.failures, len(w.view)) == (True, None, 0, 2)
+        assert (w.health.up, w.health.reason, w.health.failures, len(w.view)) == (True, None, 0, 2)
         down = [e for e in logs if e["event"] == "placement down, keeping the last placement"]
         assert len(down) == 1 and down[0]["reason"] == "forbidden" and "403" in down[0]["error"]
         assert "resourceslices" in down[0]["error"]
     finally:
         await w.close()
+
+
+async def test_a_failure_is_logged_once_per_reason(api: tuple[FakeKubeApi, Path]) -> None:
+    fake, kubeconfig = api
+    fake.grant(TOKEN, {"pods": ["list", "watch"]})  # 403 on resourceslices
+    w = watcher(kubeconfig)
+    try:
+        with capture_logs() as logs:
+            for _ in range(2):
+                await w.poll_once()
+            await fake.stop()  # still down, now for another reason
+            for _ in range(2):
+                await w.poll_once()
+    finally:
+        await w.close()
+    down = [
+        (e["source"], e["reason"]) for e in logs if e["event"] == "placement down, keeping the last placement"
+    ]
+    assert down == [("dra", "forbidden"), ("dra", "unavailable")]
+    assert (w.health.failures, dict(w.health.errors)) == (4, {"forbidden": 2, "unavailable": 2})
 
 
 async def test_an_expired_watch_lists_again(api: tuple[FakeKubeApi, Path]) -> None:
@@ -161,7 +187,7 @@ async def test_an_expired_watch_lists_again(api: tuple[FakeKubeApi, Path]) -> No
         fake.put(RESOURCESLICES, resource_slice(NODE, [gpu_device(G0)], "v1", generation=2))
         fake.compact()  # the history since the list is gone
         await asyncio.wait_for(w.poll_once(), 5)  # the watch ends in 410 Expired
-        assert (w.up, dict(w.errors), len(w.view)) == (True, {"expired": 1}, 2)
+        assert (w.health.up, dict(w.health.errors), len(w.view)) == (True, {"expired": 1}, 2)
         await w.poll_once()
         assert fake.requests[-1].verb == "list" and len(w.view) == 1
     finally:
@@ -180,12 +206,12 @@ async def test_the_api_going_away_keeps_the_last_view(api: tuple[FakeKubeApi, Pa
         with capture_logs() as logs:
             await fake.stop()
             await asyncio.wait_for(watching, 5)
-            assert (w.up, w.reason) == (False, "unavailable")
+            assert (w.health.up, w.health.reason) == (False, "unavailable")
             await w.poll_once()  # a list now, refused too
-            assert w.failures == 2 and w.view is view and len(view) == 2
+            assert w.health.failures == 2 and w.view is view and len(view) == 2
             await fake.start()  # back on the same port
             await w.poll_once()
-        assert (w.up, w.failures, len(w.view)) == (True, 0, 2)
+        assert (w.health.up, w.health.failures, len(w.view)) == (True, 0, 2)
         assert [e["event"] for e in logs] == ["placement down, keeping the last placement", "placement up"]
     finally:
         await w.close()
@@ -206,7 +232,7 @@ async def test_an_api_that_does_not_answer_meets_the_deadline(tmp_path: Path) ->
             await asyncio.wait_for(w.poll_once(), 5)
         finally:
             await w.close()
-    assert (w.up, w.reason) == (False, "timeout")
+    assert (w.health.up, w.health.reason) == (False, "timeout")
 
 
 async def test_no_credentials_is_a_state(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,7 +240,7 @@ async def test_no_credentials_is_a_state(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("KUBECONFIG", raising=False)
     w = ResourceSliceWatcher(lambda: open_client(None, 2.0), DRIVER, NODE)
     await w.poll_once()
-    assert (w.up, w.reason) == (False, "no_credentials")
+    assert (w.health.up, w.health.reason) == (False, "no_credentials")
 
 
 async def test_slices_beyond_the_bound_are_left_out_and_counted(api: tuple[FakeKubeApi, Path]) -> None:
@@ -228,5 +254,5 @@ async def test_slices_beyond_the_bound_are_left_out_and_counted(api: tuple[FakeK
             await w.poll_once()
     finally:
         await w.close()
-    assert (w.up, len(w.view.slices), w.errors["too_many_slices"]) == (True, 512, 8)
+    assert (w.health.up, len(w.view.slices), w.health.errors["too_many_slices"]) == (True, 512, 8)
     assert [e["event"] for e in logs].count("too many ResourceSlices: ignoring the rest") == 1

@@ -106,9 +106,9 @@ async def test_get_refused_falls_back_to_list_once(kubelet: FakeKubelet, mode: s
         for _ in range(3):
             await refresher.refresh()
     assert refresher.devices == {"llm": {A, f"{B}::1"}}
-    assert refresher.up is True
+    assert refresher.health.up is True
     assert kubelet.calls == ["Get", "List", "List", "List"]
-    assert refresher.errors == {reason: 1}
+    assert refresher.health.errors == {reason: 1}
     assert [e["event"] for e in logs] == ["kubelet refuses Get, using List", "placement up"]
 
 
@@ -126,10 +126,10 @@ async def test_rate_limit_is_a_state_and_the_last_placement_stays(socket_dir: Pa
                 assert await refresher.refresh() is False
     finally:
         await kubelet.stop()
-    assert refresher.up is False
-    assert refresher.reason == "rate_limited"
-    assert refresher.failures == 3
-    assert refresher.errors == {"rate_limited": 3}
+    assert refresher.health.up is False
+    assert refresher.health.reason == "rate_limited"
+    assert refresher.health.failures == 3
+    assert refresher.health.errors == {"rate_limited": 3}
     assert refresher.devices == {"llm": frozenset(), "chat": frozenset()}  # the last good answer
     events = [e["event"] for e in logs]
     assert events.count("placement down, keeping the last placement") == 1
@@ -144,7 +144,7 @@ async def test_kubelet_restart_on_a_new_socket(kubelet: FakeKubelet) -> None:
     with capture_logs() as logs:
         await kubelet.stop()
         assert await refresher.refresh() is False
-        assert (refresher.up, refresher.reason) == (False, "socket_missing")
+        assert (refresher.health.up, refresher.health.reason) == (False, "socket_missing")
         assert refresher.devices == {"llm": {A, f"{B}::1"}}
         kubelet.get = "enabled"  # the restarted kubelet has Get turned on
         kubelet.pods[0].gpus = {"nvidia.com/gpu": [C]}  # and the pod was given another GPU
@@ -153,7 +153,7 @@ async def test_kubelet_restart_on_a_new_socket(kubelet: FakeKubelet) -> None:
         await kubelet.start()
         assert os.stat(kubelet.socket).st_ino != first_inode
         assert await refresher.refresh() is True
-    assert refresher.up is True
+    assert refresher.health.up is True
     assert refresher.devices == {"llm": {C}}
     assert kubelet.calls[-1] == "Get"  # Get is tried again after the restart
     assert [e["event"] for e in logs] == [
@@ -205,7 +205,7 @@ def test_permission_denied(socket_dir: Path, directory_mode: int, socket_mode: i
             f"client = PodResourcesClient(pathlib.Path({str(path)!r}), 2.0)\n"
             "r = KubeletRefresher({'a': PodRef('llm', 'vllm-0')}, client, 10.0)\n"
             "asyncio.run(r.refresh())\n"
-            "print(r.up, r.reason)\n"
+            "print(r.health.up, r.health.reason)\n"
         )
         done = subprocess.run(
             [sys.executable, "-c", script],
