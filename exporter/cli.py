@@ -8,7 +8,6 @@ refused, answer without loading the server, the HTTP client or the Kubernetes an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -124,6 +123,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         _say(f"tokenwatt: --listen: {e}")
         return EXIT_USAGE
+    import asyncio
+
     from exporter.app import Daemon, serve_until_signalled
     from exporter.energy import EnergySourceUnavailable
     from exporter.energy.select import open_source
@@ -163,6 +164,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from exporter.app import serve_until_signalled
     from exporter.demo import run_demo
     from exporter.logs import configure_logging
@@ -192,6 +195,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
     from exporter.tokens.scraper import ScrapeError, read_page
 
     target: str = args.target
