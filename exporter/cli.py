@@ -1,29 +1,26 @@
-"""The `tokenwatt` command line."""
+"""The `tokenwatt` command line.
+
+Each command imports what it needs when it runs: `check-config`, and a `run` whose config is
+refused, answer without loading the server, the HTTP client or the Kubernetes and gRPC libraries
+(`tests/test_cli.py` checks it).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
-
-import aiohttp
+from typing import TYPE_CHECKING, TextIO
 
 from exporter import __version__
-from exporter import replay as traces
-from exporter.app import Daemon, serve_until_signalled
 from exporter.config import DEFAULT_PORT, ConfigError, parse_duration, validate_listen
 from exporter.config_file import load_config
-from exporter.demo import run_demo
-from exporter.energy import EnergySourceUnavailable
-from exporter.energy.select import open_source
-from exporter.exposition.web_config import WebConfigError, load_web_config
-from exporter.kube import KubeConfigError
-from exporter.logs import clean, configure_logging, redact
-from exporter.tokens.scraper import PageReading, ScrapeError, probe, read_page
+from exporter.logs import clean, redact
+
+if TYPE_CHECKING:
+    from exporter.tokens.scraper import PageReading
 
 EXIT_USAGE = 2
 
@@ -100,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from exporter import replay as traces
+
     try:
         mapping = traces.parse_map(args.map)
         energy = traces.read_energy(args.energy)
@@ -124,6 +123,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         _say(f"tokenwatt: --listen: {e}")
         return EXIT_USAGE
+    import asyncio
+
+    from exporter.app import Daemon, serve_until_signalled
+    from exporter.energy import EnergySourceUnavailable
+    from exporter.energy.select import open_source
+    from exporter.exposition.web_config import WebConfigError, load_web_config
+    from exporter.kube.client import KubeConfigError
+    from exporter.logs import configure_logging
+
     try:
         web = load_web_config(config.web_config_file) if config.web_config_file else None
     except WebConfigError as e:
@@ -156,6 +164,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from exporter.app import serve_until_signalled
+    from exporter.demo import run_demo
+    from exporter.logs import configure_logging
+
     configure_logging()
     asyncio.run(serve_until_signalled(lambda stop: run_demo(stop, args.listen)))
     return 0
@@ -164,20 +178,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
-        if config.web_config_file is not None:
-            load_web_config(config.web_config_file)
     except ConfigError as e:
         for problem in e.problems:
             _say(f"{args.file}: {problem}", sys.stdout)
         return EXIT_USAGE
-    except WebConfigError as e:
-        _say(f"{args.file}: web_config_file: {e}", sys.stdout)
-        return EXIT_USAGE
+    if config.web_config_file is not None:
+        from exporter.exposition.web_config import WebConfigError, load_web_config  # loads aiohttp
+
+        try:
+            load_web_config(config.web_config_file)
+        except WebConfigError as e:
+            _say(f"{args.file}: web_config_file: {e}", sys.stdout)
+            return EXIT_USAGE
     print(f"{args.file}: valid")
     return 0
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from exporter.tokens.scraper import ScrapeError, read_page
+
     target: str = args.target
     try:
         if target.startswith(("http://", "https://")):
@@ -195,6 +216,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 async def _probe_url(url: str, timeout_s: float) -> tuple[str, PageReading]:
+    import aiohttp
+
+    from exporter.tokens.scraper import probe
+
     async with aiohttp.ClientSession() as session:
         return await probe(session, url, timeout_s, max_bytes=64 * 1024 * 1024)
 

@@ -14,8 +14,6 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
-import structlog
-
 MAX_VALUE_CHARS = 200
 MAX_TRACEBACK_CHARS = 4000
 """A traceback (our own `exception` field) keeps its last characters: the exception is at its end."""
@@ -67,10 +65,15 @@ class _ToStructlog(logging.Handler):
             message = record.getMessage()
         except (TypeError, ValueError):
             message = str(record.msg)
+        import structlog  # loaded by configure_logging, which installs this handler
+
         structlog.get_logger(record.name).log(record.levelno, message, **fields)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    # Imported here: the command line's checks (`check-config`, a refused `run`) print without it.
+    import structlog
+
     console = fmt == "console" or (fmt == "auto" and sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()

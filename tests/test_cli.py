@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import run_cli
+import pytest
+
+from tests.helpers import REPO, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -43,6 +45,36 @@ def test_run_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "windows must list at least one duration" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+HEAVY = ("aiohttp", "lightkube", "grpc", "structlog")
+"""What the config checks run without: the HTTP server and client, the Kubernetes and gRPC clients,
+the logging library (each costs tenths of a second of every `check-config`)."""
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "exit_code"),
+    [
+        ("servers:\n  - {name: a, url: 'http://127.0.0.1:8000/metrics'}\n", ["check-config"], 0),
+        ("windows: []\n", ["run", "--config"], 2),
+    ],
+    ids=["check-config", "refused run"],
+)
+def test_config_checks_load_no_heavy_package(
+    tmp_path: Path, config: str, args: list[str], exit_code: int
+) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text(config)
+    code = (
+        "import sys\n"
+        "from exporter.cli import main\n"
+        f"code = main({[*args, str(path)]!r})\n"
+        f"print(code, sorted({{m.partition('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.splitlines()[-1] == f"{exit_code} []", result.stdout + result.stderr
 
 
 def test_probe_json_on_the_real_vllm_page() -> None:

@@ -25,7 +25,7 @@ from lightkube.resources.apps_v1 import ReplicaSet
 from lightkube.resources.batch_v1 import Job
 
 from exporter.discovery.pods import Owner, PodTarget, controller_of
-from exporter.kube import API_ERRORS, KubeError, api_error
+from exporter.kube.client import API_ERRORS, KubeError, api_error
 
 log = structlog.get_logger("tokenwatt.discovery")
 

@@ -29,7 +29,7 @@ from exporter.backoff import backoff_s
 from exporter.config import Config, KubernetesDiscoveryConfig, ServerConfig
 from exporter.discovery.owners import Owners
 from exporter.discovery.pods import PodRejected, PodTarget, target_of
-from exporter.kube import API_ERRORS, KubeError, api_error, open_client
+from exporter.kube.client import API_ERRORS, KubeError, api_error, open_client
 from exporter.kube.selector import parse_label_selector
 from exporter.values import PodLabels
 

@@ -7,11 +7,12 @@ at load time (an error names the term) and hands lightkube the typed requirement
 from __future__ import annotations
 
 import re
-
-from lightkube import operators
-from lightkube.core.client import LabelSelector
+from typing import TYPE_CHECKING
 
 from exporter.config import LABEL_KEY, LABEL_VALUE
+
+if TYPE_CHECKING:
+    from lightkube.core.client import LabelSelector
 
 _SET = re.compile(r"(\S+)\s+(in|notin)\s*\((.*)\)")
 _EQUALITY = re.compile(r"([^=!\s]+)\s*(==|=|!=)\s*(\S*)")
@@ -51,6 +52,9 @@ def parse_label_selector(selector: str) -> LabelSelector:
     out: LabelSelector = {}
     if not selector.strip():
         return out
+    # Imported here: checking a config without a selector does not load the client library.
+    from lightkube import operators
+
     for term in _terms(selector):
         before = len(out)
         if m := _SET.fullmatch(term):

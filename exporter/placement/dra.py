@@ -36,7 +36,7 @@ from lightkube.resources import resource_v1, resource_v1beta1
 
 from exporter.backoff import backoff_s
 from exporter.config import Config
-from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
+from exporter.kube.client import API_ERRORS, KubeConfigError, KubeError, api_error, open_client
 from exporter.placement import mig_profile_slices
 from exporter.placement.health import PlacementSourceState
 from exporter.values import MigDevice, PodRef

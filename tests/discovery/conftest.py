@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from lightkube import AsyncClient
 
-from exporter.kube import open_client
+from exporter.kube.client import open_client
 from tests.discovery.cluster import READ, TOKEN
 from tests.fakes.kube_api import FakeKubeApi
 

@@ -15,7 +15,7 @@ from lightkube.resources.apps_v1 import Deployment, ReplicaSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Pod
 
-from exporter.kube import API_ERRORS, KubeConfigError, KubeError, api_error, kube_config, open_client
+from exporter.kube.client import API_ERRORS, KubeConfigError, KubeError, api_error, kube_config, open_client
 from tests.conftest import free_port
 from tests.discovery.cluster import TOKEN
 from tests.fakes.kube_api import (

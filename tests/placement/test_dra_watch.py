@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from exporter.kube import open_client
+from exporter.kube.client import open_client
 from exporter.placement.dra import ResourceSliceWatcher, SliceDevice
 from tests.fakes.kube_api import (
     KINDS,
