@@ -17,8 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from exporter.pages.parser import parse_samples
 from exporter.placement import MIG_SLICES_PER_GPU, mig_profile_slices
 from exporter.values import GpuActivity
 
@@ -32,21 +31,20 @@ the GPU is nobody's, so it stays unattributed."""
 
 def instance_activity(text: str, t: float) -> tuple[GpuActivity, ...]:
     """The MIG instances' activity on a dcgm-exporter page, per parent GPU; rows without
-    `GPU_I_ID`, with an unknown profile or a value outside 0..1 are left out."""
-    lines = [line for line in text.splitlines() if line.startswith(ENGINE_ACTIVE_NAMES)]
+    `GPU_I_ID`, with an unknown profile or a value outside 0..1 are left out. Raises `ParseError`
+    for a malformed activity line, as the page's energy lines do."""
     found: dict[str, dict[int, float]] = {}
-    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        for sample in family.samples:
-            labels = sample.labels
-            uuid, gi = labels.get("UUID"), labels.get("GPU_I_ID", "")
-            profile = labels.get("GPU_I_PROFILE", "")
-            if not uuid or not gi.isdigit() or not 0.0 <= sample.value <= 1.0:
-                continue
-            try:
-                slices = mig_profile_slices(profile)
-            except ValueError:
-                continue
-            found.setdefault(uuid, {})[int(gi)] = sample.value * slices / MIG_SLICES_PER_GPU
+    for sample in parse_samples(text, ENGINE_ACTIVE_NAMES):
+        labels = dict(sample.labels)
+        uuid, gi = labels.get("UUID"), labels.get("GPU_I_ID", "")
+        profile = labels.get("GPU_I_PROFILE", "")
+        if not uuid or not gi.isdigit() or not 0.0 <= sample.value <= 1.0:
+            continue
+        try:
+            slices = mig_profile_slices(profile)
+        except ValueError:
+            continue
+        found.setdefault(uuid, {})[int(gi)] = sample.value * slices / MIG_SLICES_PER_GPU
     return tuple(GpuActivity(uuid, t, instances=instances) for uuid, instances in found.items())
 
 
