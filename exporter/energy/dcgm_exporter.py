@@ -18,6 +18,8 @@ GPUs or the host engine. Its page carries what we need, with three catches this 
   `STALE_COLLECTS` collect intervals is a failed read (`reason="stale"`), not a source that is up.
 
 The page is fetched and parsed by the same code as the inference servers' pages (`exporter.pages`).
+The HTTP client loads when the source opens, as the GPU libraries of the other sources do, so that
+checking a config (which reads this module's settings) does not load it.
 """
 
 from __future__ import annotations
@@ -25,16 +27,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
 from pydantic import Field
 
 from exporter.config import Duration, EnergyConfig, Strict, Url
 from exporter.energy import EnergyReadError, Registered
 from exporter.energy.activity import instance_activity
-from exporter.pages.fetch import FetchError, fetch_page
 from exporter.pages.parser import ParseError, parse_samples
 from exporter.values import Gpu, GpuActivity, GpuSample
+
+if TYPE_CHECKING:
+    import aiohttp
 
 ENERGY_MJ_NAMES = ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "dcgm_total_energy_consumption")
 ENERGY_J_NAMES = ("DCGM_FI_DEV_GPU_ENERGY_JOULES_TOTAL", "dcgm_gpu_energy_joules_total")
@@ -156,6 +160,8 @@ class DcgmExporterSource:
     @classmethod
     async def open(cls, cfg: EnergyConfig, clock: Callable[[], float] = time.time) -> DcgmExporterSource:
         """Scrape `energy.dcgm_exporter`; its GPUs are known from the first page read."""
+        import aiohttp
+
         settings = cfg.section(cls.name, DcgmExporterSettings)
         return cls(settings, aiohttp.ClientSession(auto_decompress=True), clock)
 
@@ -239,6 +245,8 @@ class DcgmExporterSource:
             )
 
     async def _fetch(self) -> str:
+        from exporter.pages.fetch import FetchError, fetch_page
+
         try:
             page = await fetch_page(self._session, self.cfg.url, self.cfg.timeout, self.cfg.max_page_bytes)
         except FetchError as e:
