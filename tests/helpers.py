@@ -3,9 +3,12 @@ verdict on a page."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,22 @@ async def get_text(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200, f"{url}: {resp.status}"
         return await resp.text()
+
+
+async def scrape(url: str) -> Samples:
+    """Every sample of the page at `url`."""
+    return samples(await get_text(url))
+
+
+async def scrape_until(
+    url: str, done: Callable[[Samples], bool], failure: str, limit_s: float = 10.0, every_s: float = 0.05
+) -> Samples:
+    """Scrape `url` every `every_s` until `done` holds (a liveness bound, not a speed requirement)."""
+    deadline = time.monotonic() + limit_s
+    while not done(found := await scrape(url)):
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(every_s)
+    return found
 
 
 def assert_promtool_accepts(text: str) -> None:

@@ -8,7 +8,6 @@ its pages) and so are its token counts (the pages it served).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, Simul
 from exporter.values import Gpu, GpuSample
 from tests.fakes.kube_api import PODS, FakeKubeApi, pod
 from tests.fakes.kubelet import FakeKubelet, FakePod
-from tests.helpers import Samples, get_text, samples
+from tests.helpers import Samples, scrape, scrape_until
 
 NODE = "gpu-node-1"
 TOKEN = "tokenwatt-serviceaccount-token"
@@ -123,15 +122,11 @@ class Cluster:
         return list((self.servers.get(server) or self.deleted[server]).served)
 
     async def scrape(self) -> Samples:
-        return samples(await get_text(self.metrics_url))
+        return await scrape(self.metrics_url)
 
     async def until(self, done: Callable[[Samples], bool], failure: str, limit_s: float = 15.0) -> Samples:
         """Scrape /metrics until `done` holds (a liveness bound, not a speed requirement)."""
-        deadline = time.monotonic() + limit_s
-        while not done(found := await self.scrape()):
-            assert time.monotonic() < deadline, failure
-            await asyncio.sleep(0.1)
-        return found
+        return await scrape_until(self.metrics_url, done, failure, limit_s, every_s=0.1)
 
 
 def servers_on_page(found: Samples) -> set[str]:
@@ -173,18 +168,15 @@ async def cluster(
     kubelet = FakeKubelet(folder / "kubelet.sock")
     await kubelet.start()
     gpus = Gpus(time.time())
-    daemon = Daemon(validate_config(config(api.kubeconfig(folder / "kubeconfig", TOKEN), kubelet.socket,
-                                           **discovery)), gpus)
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
-    node = Cluster(api, kubelet, gpus, daemon, await asyncio.wait_for(listening, 5))
+    kubeconfig = api.kubeconfig(folder / "kubeconfig", TOKEN)
+    settings = validate_config(config(kubeconfig, kubelet.socket, **discovery))
+    servers: dict[str, SimulatedVllmServer] = {}
     try:
-        yield node
+        async with Daemon(settings, gpus) as daemon:
+            assert daemon.url is not None
+            yield Cluster(api, kubelet, gpus, daemon, daemon.url, servers)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        for s in node.servers.values():
+        for s in servers.values():
             await s.stop()
         await kubelet.stop()
         await api.stop()

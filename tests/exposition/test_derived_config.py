@@ -36,16 +36,13 @@ async def test_the_served_page_carries_the_configured_level(derived: str) -> Non
             "exposition": {"derived": derived},
         }
     )
-    daemon = Daemon(config, SimulatedSource(SimulatedFleet(1, schedule, PowerModel(60.0, 0.05, 0.7))))
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
+    source = SimulatedSource(SimulatedFleet(1, schedule, PowerModel(60.0, 0.05, 0.7)))
     try:
-        url = await asyncio.wait_for(listening, 5)
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as session:
+        async with Daemon(config, source) as daemon, aiohttp.ClientSession() as session:
+            assert daemon.url is not None
+            deadline = time.monotonic() + 20
             while True:  # until the server's counters have moved
-                async with session.get(url) as resp:
+                async with session.get(daemon.url) as resp:
                     assert resp.status == 200
                     assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
                     found = parse(await resp.read())
@@ -60,8 +57,6 @@ async def test_the_served_page_carries_the_configured_level(derived: str) -> Non
                     break
                 await asyncio.sleep(0.2)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         await inference.stop()
     assert tokens > 0
     assert {name for name, labels in found if "window" in dict(labels)} == WINDOWED[derived]

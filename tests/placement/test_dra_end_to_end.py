@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from tests.fakes.resource_slices import (
     mig_device,
     resource_slice,
 )
-from tests.helpers import assert_promtool_accepts, get_text, value
+from tests.helpers import assert_promtool_accepts, get_text, scrape, scrape_until, value
 from tests.placement.test_kubelet_end_to_end import (
     LOAD_A,
     LOAD_B,
@@ -45,11 +45,9 @@ from tests.placement.test_kubelet_end_to_end import (
     POWER,
     UUIDS,
     PhysicalGpus,
-    Samples,
     assert_invariant,
     gpus_of,
     measured_span,
-    scrape,
 )
 from tests.test_end_to_end import documented_metric_names
 
@@ -116,29 +114,16 @@ async def dra_rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
             "windows": ["1m"],
         }
     )
-    daemon = Daemon(config, gpus)
-    stop = asyncio.Event()
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(daemon.run(stop, listening.set_result))
     try:
-        yield Rig(daemon, gpus, kubelet, api, servers, await asyncio.wait_for(listening, 5))
+        async with Daemon(config, gpus) as daemon:
+            assert daemon.url is not None
+            yield Rig(daemon, gpus, kubelet, api, servers, daemon.url)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         for s in servers.values():
             await s.stop()
         await kubelet.stop()
         await api.stop()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-async def until(rig: Rig, done: Callable[[Samples], bool], failure: str, limit_s: float = 10.0) -> Samples:
-    """Scrape /metrics until `done(found)` holds (a liveness bound, not a speed requirement)."""
-    deadline = time.monotonic() + limit_s
-    while not done(found := await scrape(rig.metrics_url)):
-        assert time.monotonic() < deadline, failure
-        await asyncio.sleep(0.05)
-    return found
 
 
 @pytest.mark.tools  # promtool
@@ -172,8 +157,8 @@ async def test_pods_with_gpus_only_through_dra_get_their_energy(monkeypatch: pyt
 
         # b is given a device no slice publishes: it is counted, and b holds no GPU meanwhile.
         rig.kubelet.pods[1].claims = {"chat-0-mig": [(DRIVER, NODE, "gpu-7")]}
-        unresolved = await until(
-            rig,
+        unresolved = await scrape_until(
+            rig.metrics_url,
             lambda f: value(f, "tokenwatt_placement_dra_unresolved_devices") == 1.0,
             "the unresolvable claim device was not counted",
         )
@@ -184,14 +169,16 @@ async def test_pods_with_gpus_only_through_dra_get_their_energy(monkeypatch: pyt
             resource_slice(NODE, [gpu_device(GPU0), gpu_device(GPU2), gpu_device(PublishedGpu(7, UUIDS[1]))],
                            generation=2),
         )  # fmt: skip
-        placed = await until(rig, lambda f: gpus_of(f, "b") == {"1"}, "the new slice was not used")
+        placed = await scrape_until(
+            rig.metrics_url, lambda f: gpus_of(f, "b") == {"1"}, "the new slice was not used"
+        )
         assert value(placed, "tokenwatt_placement_dra_unresolved_devices") == 0.0
         assert rig.daemon.accountant.placement.holdings["b"] == {Holding(UUIDS[1])}
 
         # The API server goes away: DRA placement is down, and the last view stays in force.
         await rig.api.stop()
-        failed = await until(
-            rig, lambda f: value(f, "tokenwatt_placement_up", source="dra") == 0.0, "DRA still up"
+        failed = await scrape_until(
+            rig.metrics_url, lambda f: value(f, "tokenwatt_placement_up", source="dra") == 0.0, "DRA still up"
         )
         assert value(failed, "tokenwatt_placement_errors_total", source="dra", reason="unavailable") >= 1
         assert value(failed, "tokenwatt_placement_dra_devices") == 3.0

@@ -13,7 +13,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from exporter.energy.simulated import LoadPhase, LoadSchedule, PowerModel, Simul
 from exporter.placement import Holding
 from exporter.values import Gpu, GpuSample, MigDevice
 from tests.fakes.kubelet import FakeKubelet, FakePod
-from tests.helpers import Series, assert_promtool_accepts, get_text, samples, value
+from tests.helpers import Samples, assert_promtool_accepts, get_text, scrape, scrape_until, value
 
 POWER = PowerModel(idle_w=60.0, j_per_input_token=0.05, j_per_output_token=0.7)
 LOAD_A = (
@@ -133,13 +133,6 @@ async def placed_rig(refresh_s: float = REFRESH_S, mig: bool = False) -> AsyncIt
         shutil.rmtree(folder, ignore_errors=True)
 
 
-Samples = dict[Series, float]
-
-
-async def scrape(url: str) -> Samples:
-    return samples(await get_text(url))
-
-
 def gpus_of(found: Samples, server: str) -> set[str]:
     return {
         dict(labels)["gpu"]
@@ -168,15 +161,6 @@ def measured_span(
     first = served[0] if unmeasured == 0 else served[1]
     assert unmeasured == pytest.approx(first.t - served[0].t, abs=0.05)
     return first.t, last.t, last.output_tokens - first.output_tokens
-
-
-async def until(rig: Rig, done: Callable[[Samples], bool], failure: str, limit_s: float = 10.0) -> Samples:
-    """Scrape /metrics until `done` holds (a liveness bound, not a speed requirement)."""
-    deadline = time.monotonic() + limit_s
-    while not done(found := await scrape(rig.metrics_url)):
-        assert time.monotonic() < deadline, failure
-        await asyncio.sleep(0.05)
-    return found
 
 
 def assert_invariant(daemon: Daemon) -> None:
@@ -221,7 +205,11 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
         # (or the one after it, where a call was already under way when the pod moved).
         rig.kubelet.pods[1].gpus = {"nvidia.com/gpu": [UUIDS[1]]}
         calls = len(rig.kubelet.calls)
-        await until(rig, lambda found: gpus_of(found, "b") == {"1"}, "the placement did not follow the pod")
+        await scrape_until(
+            rig.metrics_url,
+            lambda found: gpus_of(found, "b") == {"1"},
+            "the placement did not follow the pod",
+        )
         assert len(rig.kubelet.calls) - calls <= 2
         await asyncio.sleep(1.5)
         after_move = await scrape(rig.metrics_url)
@@ -233,8 +221,8 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
 
         # b's pod is gone: it holds no GPU, and keeps its cumulative counters.
         rig.kubelet.pods = rig.kubelet.pods[:1]
-        final = await until(
-            rig, lambda found: not gpus_of(found, "b"), "the placement did not see the pod go"
+        final = await scrape_until(
+            rig.metrics_url, lambda found: not gpus_of(found, "b"), "the placement did not see the pod go"
         )
         assert value(final, "tokenwatt_server_energy_joules_total", **b) >= moved_energy
         assert value(final, "tokenwatt_server_tokens_total", token_type="output", **b) > 0
@@ -242,8 +230,10 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
 
         # The kubelet goes away: placement is down, says why, and the last placement stays.
         await rig.kubelet.stop()
-        failed = await until(
-            rig, lambda found: value(found, "tokenwatt_placement_up", source="kubelet") == 0, "still up"
+        failed = await scrape_until(
+            rig.metrics_url,
+            lambda found: value(found, "tokenwatt_placement_up", source="kubelet") == 0,
+            "still up",
         )
         assert (
             value(failed, "tokenwatt_placement_errors_total", source="kubelet", reason="socket_missing") >= 1
@@ -257,7 +247,7 @@ async def test_pods_placed_by_the_kubelet_and_a_pod_that_moves() -> None:
 async def test_a_server_restart_asks_the_kubelet_at_once() -> None:
     """A restarted pod may hold other GPUs: the daemon does not wait for the next refresh."""
     async with placed_rig(refresh_s=600.0) as rig:
-        await until(rig, lambda found: gpus_of(found, "b") == {"2"}, "no first placement")
+        await scrape_until(rig.metrics_url, lambda found: gpus_of(found, "b") == {"2"}, "no first placement")
         calls = len(rig.kubelet.calls)
         server = rig.servers["b"]
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
@@ -265,8 +255,10 @@ async def test_a_server_restart_asks_the_kubelet_at_once() -> None:
         rig.kubelet.pods[1].gpus = {"nvidia.com/gpu": [UUIDS[1]]}
         await asyncio.sleep(1.0)  # scrapes of b fail meanwhile
         await server.start(port=port)
-        await until(
-            rig, lambda found: gpus_of(found, "b") == {"1"}, "the restart did not refresh the placement"
+        await scrape_until(
+            rig.metrics_url,
+            lambda found: gpus_of(found, "b") == {"1"},
+            "the restart did not refresh the placement",
         )
         assert len(rig.kubelet.calls) > calls
 
@@ -274,7 +266,9 @@ async def test_a_server_restart_asks_the_kubelet_at_once() -> None:
 async def test_a_mig_device_is_placed_on_its_parent_gpu() -> None:
     async with placed_rig(mig=True) as rig:
         rig.kubelet.pods[1].gpus = {"nvidia.com/mig-3g.40gb": [MIG_UUID]}
-        await until(rig, lambda found: gpus_of(found, "b") == {"1"}, "the MIG device was not placed")
+        await scrape_until(
+            rig.metrics_url, lambda found: gpus_of(found, "b") == {"1"}, "the MIG device was not placed"
+        )
         assert rig.daemon.accountant.placement.holdings["b"] == {Holding(UUIDS[1], 2, 3)}
 
 
@@ -300,10 +294,12 @@ def test_an_answer_before_the_first_energy_reading_waits_for_the_gpus(tmp_path: 
 async def test_a_counter_reset_asks_the_kubelet_at_once() -> None:
     """A server restarted between two scrapes shows only as counters that went back."""
     async with placed_rig(refresh_s=600.0) as rig:
-        await until(rig, lambda found: gpus_of(found, "b") == {"2"}, "no first placement")
+        await scrape_until(rig.metrics_url, lambda found: gpus_of(found, "b") == {"2"}, "no first placement")
         await asyncio.sleep(1.0)
         rig.kubelet.pods[1].gpus = {"nvidia.com/gpu": [UUIDS[1]]}
         rig.servers["b"].schedule = LoadSchedule(LOAD_B, time.time())  # its counters start again from 0
-        await until(
-            rig, lambda found: gpus_of(found, "b") == {"1"}, "the reset did not refresh the placement"
+        await scrape_until(
+            rig.metrics_url,
+            lambda found: gpus_of(found, "b") == {"1"},
+            "the reset did not refresh the placement",
         )
